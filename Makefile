@@ -1,0 +1,38 @@
+# One venv, made from the project's own files. `make test` and `make demo` work on a fresh machine
+# with Python 3.10+ and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test check lint types demo bench chaos clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check burr_dist tests bench examples
+	$(BIN)/ruff format --check burr_dist tests bench examples
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+check: lint types test
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/steps.py
+
+chaos: $(STAMP)
+	CHAOS_SIZE=large $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos -m chaos
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

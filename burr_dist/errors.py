@@ -1,0 +1,64 @@
+"""One error tree for burr_dist. Every error carries its context as attributes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BurrDistError(Exception):
+    """Root of every error burr_dist raises on purpose."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.context = context
+        for name, value in context.items():
+            setattr(self, name, value)
+
+
+class ConfigurationError(BurrDistError, ValueError):
+    """A setting or argument is invalid (bad prefix, unknown app name, bad id...)."""
+
+
+class RedisUnavailable(BurrDistError, ConnectionError):
+    """Redis could not be reached after bounded retries."""
+
+
+class StoreError(BurrDistError):
+    """Base for errors about what is (or is not) stored for an app."""
+
+
+class SequenceConflict(StoreError):
+    """A commit was refused because the stored head is not ``sequence_id - 1``."""
+
+    app_id: str
+    partition_key: str | None
+    expected: int | None
+    actual: int | None
+
+
+class SnapshotNotFound(StoreError, LookupError):
+    """A snapshot that was asked for by sequence id is not retained (or the app is unknown)."""
+
+
+class CorruptSnapshot(StoreError):
+    """A stored snapshot cannot be parsed (hand-edited, or written by an incompatible version)."""
+
+
+class StoreRewound(StoreError):
+    """The store holds less than this worker knows was committed: Redis lost data."""
+
+
+class SerializationError(BurrDistError, ValueError):
+    """A state cannot be stored as JSON without loss, or is larger than the configured limit."""
+
+
+class LeaseError(BurrDistError):
+    """Base for lease errors."""
+
+
+class LeaseNotHeld(LeaseError):
+    """The lease is held by someone else, or this object never held it."""
+
+
+class LeaseLost(LeaseError):
+    """The lease was held but is no longer: expired, taken over, or renewal failed."""

@@ -1,0 +1,122 @@
+"""The key schema: the only place that makes Redis key names.
+
+Layout (prefix ``burr``; ``P`` and ``A`` are the encoded partition key and app id)::
+
+    burr:{P}:A:meta      hash   head sequence, position, status, fencing counter, write id
+    burr:{P}:A:snaps     hash   sequence id -> snapshot JSON (the last ``keep`` steps)
+    burr:{P}:A:lease     string lease token, expires on the server's clock (PX)
+    burr:{P}:apps        zset   app ids of the partition, scored by last commit (server ms)
+
+Everything of one partition shares the hash tag ``{P}``, so a commit (app keys plus the
+partition index) touches one Redis Cluster slot. The partition key is therefore the unit of
+sharding: put independent users or tenants under different partition keys.
+
+Encoding: ids are percent-encoded outside a small safe alphabet, so ``:``, ``{``, ``}``, glob
+characters, spaces and non-ASCII never appear raw. The encoding is injective (``%`` itself is
+escaped) and an empty string encodes as a lone ``%``, which no other string produces. Ordinary
+ids (``user-42``, ``chat_7``) stay readable in ``redis-cli``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from burr_dist.errors import ConfigurationError
+
+DEFAULT_PREFIX = "burr"
+# Burr passes partition_key=None when none was given; that is this partition.
+DEFAULT_PARTITION = "default"
+
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.@+=,;!~")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]+(:[A-Za-z0-9_.\-]+)*$")
+
+
+def encode_id(value: str) -> str:
+    """Percent-encode an id so that it cannot contain ``:``, braces, glob characters or spaces."""
+    if value == "":
+        return "%"
+    if all(ch in _SAFE for ch in value):
+        return value
+    out: list[str] = []
+    for ch in value:
+        if ch in _SAFE:
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+def decode_id(encoded: str) -> str:
+    """Inverse of :func:`encode_id`."""
+    if encoded == "%":
+        return ""
+    if "%" not in encoded:
+        return encoded
+    data = bytearray()
+    i = 0
+    while i < len(encoded):
+        ch = encoded[i]
+        if ch == "%":
+            data.append(int(encoded[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            data.extend(ch.encode("utf-8"))
+            i += 1
+    return data.decode("utf-8")
+
+
+def partition_of(partition_key: str | None) -> str:
+    return DEFAULT_PARTITION if partition_key is None else partition_key
+
+
+def check_id(kind: str, value: object) -> str:
+    """Reject ids that are not non-empty strings, with a message naming the argument."""
+    if not isinstance(value, str) or value == "":
+        raise ConfigurationError(f"{kind} must be a non-empty string, got {value!r}", **{kind: value})
+    return value
+
+
+@dataclass(frozen=True)
+class AppKeys:
+    meta: str
+    snaps: str
+    lease: str
+    index: str
+
+
+@dataclass(frozen=True)
+class KeySchema:
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefix, str) or not _PREFIX_RE.match(self.prefix):
+            raise ConfigurationError(
+                f"invalid key prefix {self.prefix!r}: use letters, digits, '_', '.', '-' "
+                "in ':'-separated parts (no braces, glob characters or spaces)",
+                prefix=self.prefix,
+            )
+
+    def _tag(self, partition_key: str | None) -> str:
+        return f"{self.prefix}:{{{encode_id(partition_of(partition_key))}}}"
+
+    def partition_index(self, partition_key: str | None) -> str:
+        return f"{self._tag(partition_key)}:apps"
+
+    def app(self, partition_key: str | None, app_id: str) -> AppKeys:
+        check_id("app_id", app_id)
+        base = f"{self._tag(partition_key)}:{encode_id(app_id)}"
+        return AppKeys(
+            meta=f"{base}:meta",
+            snaps=f"{base}:snaps",
+            lease=f"{base}:lease",
+            index=self.partition_index(partition_key),
+        )
+
+    # Fleet keys (queue, workers) live outside app slots; see burr_dist/queue.py.
+    def fleet(self, name: str) -> str:
+        return f"{self.prefix}:fleet:{name}"
+
+    def scan_pattern(self) -> str:
+        """A SCAN MATCH pattern for everything under the prefix (the prefix has no glob chars)."""
+        return f"{self.prefix}:*"

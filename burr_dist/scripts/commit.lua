@@ -1,0 +1,49 @@
+-- commit.lua: compare-and-set one Burr step, fenced by the lease when a token is given.
+-- KEYS[1] meta   hash   head, pos, status, oldest, wid, fence
+-- KEYS[2] snaps  hash   seq -> snapshot JSON (starts with {"w":"<16-hex write id>", ...)
+-- KEYS[3] lease  string current lease token (absent when nobody holds the app)
+-- KEYS[4] index  zset   partition index: app id -> server time of last commit (ms)
+-- ARGV[1] seq     sequence id of the step being committed
+-- ARGV[2] blob    snapshot JSON
+-- ARGV[3] pos     action name (Burr "position")
+-- ARGV[4] status  "completed" | "failed"
+-- ARGV[5] wid     16-hex write id of this call; a retry sends the same one
+-- ARGV[6] keep    number of snapshots to retain (>= 1)
+-- ARGV[7] token   lease token, or "" for an unfenced commit
+-- ARGV[8] app_id  member for the partition index
+-- Returns {1, seq} committed; {2, seq} this very write was already committed (retry after a
+-- lost reply); {-1, head} conflict, head is the stored head sequence; {-2, holder} fenced out,
+-- holder is the current lease token or "".
+local seq = tonumber(ARGV[1])
+local token = ARGV[7]
+if token ~= '' then
+  local holder = redis.call('GET', KEYS[3])
+  if holder ~= token then
+    return {-2, holder or ''}
+  end
+end
+local head = redis.call('HGET', KEYS[1], 'head')
+if head then
+  local h = tonumber(head)
+  if h ~= seq - 1 then
+    if h >= seq then
+      local mine = redis.call('HGET', KEYS[2], ARGV[1])
+      if mine and string.sub(mine, 7, 22) == ARGV[5] then
+        return {2, seq}
+      end
+    end
+    return {-1, h}
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local oldest = tonumber(redis.call('HGET', KEYS[1], 'oldest') or seq)
+local floor = seq - tonumber(ARGV[6]) + 1
+while oldest < floor do
+  redis.call('HDEL', KEYS[2], tostring(oldest))
+  oldest = oldest + 1
+end
+redis.call('HSET', KEYS[1], 'head', ARGV[1], 'pos', ARGV[3], 'status', ARGV[4],
+  'oldest', tostring(oldest), 'wid', ARGV[5])
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[4], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[8])
+return {1, seq}
