@@ -46,7 +46,12 @@ class EmbeddedServer:
     """One server process on a free loopback port with its own data directory."""
 
     def __init__(
-        self, *, binary: str | None = None, port: int | None = None, appendonly: str | None = None, extra: list[str] | None = None
+        self,
+        *,
+        binary: str | None = None,
+        port: int | None = None,
+        appendonly: str | None = None,
+        extra: list[str] | None = None,
     ) -> None:
         self.binary = binary or find_server_binary()
         self.port = port or free_port()
@@ -73,7 +78,9 @@ class EmbeddedServer:
 
     def start(self, timeout: float = 10.0) -> EmbeddedServer:
         log = open(os.path.join(self.dir, "server.log"), "ab")
-        self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         give_up = time.monotonic() + timeout
@@ -84,7 +91,9 @@ class EmbeddedServer:
             except redis.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > give_up:
                     tail = Path(self.dir, "server.log").read_text(errors="replace")[-2000:]
-                    raise ConfigurationError(f"{self.binary} did not start on port {self.port}:\n{tail}") from None
+                    raise ConfigurationError(
+                        f"{self.binary} did not start on port {self.port}:\n{tail}"
+                    ) from None
                 time.sleep(0.02)
             except redis.BusyLoadingError:
                 time.sleep(0.02)

@@ -118,7 +118,9 @@ class Lease(LeaseCore):
 
     store: RedisStore
 
-    def __init__(self, store: RedisStore, partition_key: str | None, app_id: str, ttl: float = DEFAULT_TTL) -> None:
+    def __init__(
+        self, store: RedisStore, partition_key: str | None, app_id: str, ttl: float = DEFAULT_TTL
+    ) -> None:
         super().__init__(store, partition_key, app_id, ttl)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,7 +138,9 @@ class Lease(LeaseCore):
                     raise
                 time.sleep(min(max(e.pttl_ms / 1000, 0.01), 0.25, max(give_up - time.monotonic(), 0.01)))
         if auto_renew:
-            self._thread = threading.Thread(target=self._renew_loop, name=f"burr-dist-lease-{self.app_id}", daemon=True)
+            self._thread = threading.Thread(
+                target=self._renew_loop, name=f"burr-dist-lease-{self.app_id}", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -193,7 +197,9 @@ class AsyncLease(LeaseCore):
 
     store: AsyncRedisStore
 
-    def __init__(self, store: AsyncRedisStore, partition_key: str | None, app_id: str, ttl: float = DEFAULT_TTL) -> None:
+    def __init__(
+        self, store: AsyncRedisStore, partition_key: str | None, app_id: str, ttl: float = DEFAULT_TTL
+    ) -> None:
         super().__init__(store, partition_key, app_id, ttl)
         self._task: asyncio.Task[None] | None = None
 
@@ -207,7 +213,9 @@ class AsyncLease(LeaseCore):
             except LeaseNotHeld as e:
                 if time.monotonic() >= give_up:
                     raise
-                await asyncio.sleep(min(max(e.pttl_ms / 1000, 0.01), 0.25, max(give_up - time.monotonic(), 0.01)))
+                await asyncio.sleep(
+                    min(max(e.pttl_ms / 1000, 0.01), 0.25, max(give_up - time.monotonic(), 0.01))
+                )
         if auto_renew:
             self._task = asyncio.create_task(self._renew_loop(), name=f"burr-dist-lease-{self.app_id}")
         return self
@@ -244,7 +252,9 @@ class AsyncLease(LeaseCore):
             return False
         self.released = True
         try:
-            return bool(await self.store.run(self.store.release_call(self.partition_key, self.app_id, self.token)))
+            return bool(
+                await self.store.run(self.store.release_call(self.partition_key, self.app_id, self.token))
+            )
         except RedisUnavailable as e:
             log.warning("release of %s failed (it will expire): %s", self.app_id, e)
             return False

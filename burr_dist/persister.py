@@ -30,7 +30,13 @@ class PersisterCore:
         self._head_fresh = lease is not None  # the lease's head is current until our first commit
 
     def commit_call(
-        self, partition_key: str | None, app_id: str, sequence_id: int, position: str, state: State, status: str
+        self,
+        partition_key: str | None,
+        app_id: str,
+        sequence_id: int,
+        position: str,
+        state: State,
+        status: str,
     ) -> Call | None:
         if self._last_saved == (partition_key, app_id, sequence_id):
             # The same object registered twice (as persister and as hook): Burr calls us twice.
@@ -52,7 +58,9 @@ class PersisterCore:
             state=state,
             max_bytes=self.store.config.max_state_bytes,
         )
-        return self.store.commit_call(partition_key, app_id, sequence_id, position, status, blob, write_id, token)
+        return self.store.commit_call(
+            partition_key, app_id, sequence_id, position, status, blob, write_id, token
+        )
 
     def on_commit(self, reply: Any, partition_key: str | None, app_id: str, sequence_id: int) -> None:
         self.store.read_commit(reply, partition_key, app_id, sequence_id)
@@ -63,7 +71,9 @@ class PersisterCore:
         if self.lease is not None:
             self.lease.check()
 
-    def cached_head(self, partition_key: str | None, app_id: str, sequence_id: int | None) -> tuple[bool, PersistedStateData | None]:
+    def cached_head(
+        self, partition_key: str | None, app_id: str, sequence_id: int | None
+    ) -> tuple[bool, PersistedStateData | None]:
         """The head read by the lease's acquire, when it is what is asked for: no round trip."""
         lease = self.lease
         if (

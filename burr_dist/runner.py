@@ -25,7 +25,7 @@ from burr_dist.store import AsyncRedisStore, RedisStore
 
 Built = Union[Application, ApplicationBuilder]
 Factory = Callable[[RedisPersister, str, "str | None"], Built]
-AsyncFactory = Callable[[AsyncRedisPersister, str, "str | None"], Union[Built, Awaitable[Built]]]
+AsyncFactory = Callable[[AsyncRedisPersister, str, "str | None"], Built | Awaitable[Built]]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,9 @@ def _outcome(app: Application, app_id: str, partition_key: str | None, steps: in
     )
 
 
-def _halted(app: Application, halt_before: Sequence[str], halt_after: Sequence[str], last: str | None) -> bool:
+def _halted(
+    app: Application, halt_before: Sequence[str], halt_after: Sequence[str], last: str | None
+) -> bool:
     if last is not None and last in halt_after:
         return True
     nxt = app.get_next_action()

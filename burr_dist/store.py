@@ -8,9 +8,9 @@ the call. A commit is one EVALSHA round trip (see ``scripts/commit.lua``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -98,9 +98,16 @@ class StoreCore:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self.schema = KeySchema(config.prefix)
+        self._keys: dict[tuple[str | None, str], AppKeys] = {}
 
     def keys(self, partition_key: str | None, app_id: str) -> AppKeys:
-        return self.schema.app(partition_key, app_id)
+        # Cached: encoding ids is a measurable part of the per-step cost. Bounded by clearing.
+        found = self._keys.get((partition_key, app_id))
+        if found is None:
+            if len(self._keys) > 4096:
+                self._keys.clear()
+            found = self._keys[(partition_key, app_id)] = self.schema.app(partition_key, app_id)
+        return found
 
     def retrying_kwargs(self) -> dict[str, Any]:
         p = self.config.retry
@@ -131,7 +138,9 @@ class StoreCore:
         )
 
     @staticmethod
-    def read_commit(reply: Sequence[Any], partition_key: str | None, app_id: str, sequence_id: int) -> Committed:
+    def read_commit(
+        reply: Sequence[Any], partition_key: str | None, app_id: str, sequence_id: int
+    ) -> Committed:
         code = int(reply[0])
         if code == 1:
             return Committed(sequence_id, replayed=False)
@@ -169,7 +178,11 @@ class StoreCore:
         head, blob, oldest = reply
         k = self.keys(partition_key, app_id)
         if blob:
-            return codec.decode_snapshot(blob, key=f"{k.snaps}#{_s(sequence_id if sequence_id is not None else head)}", partition_key=partition_key)
+            return codec.decode_snapshot(
+                blob,
+                key=f"{k.snaps}#{_s(sequence_id if sequence_id is not None else head)}",
+                partition_key=partition_key,
+            )
         if sequence_id is None or not head:
             return None  # no app: Burr starts a new one
         raise SnapshotNotFound(
@@ -192,7 +205,11 @@ class StoreCore:
             return Held(holder=_s(reply[1]), pttl_ms=int(reply[2]))
         _, token, fence, head, blob = reply
         k = self.keys(partition_key, app_id)
-        state = codec.decode_snapshot(blob, key=f"{k.snaps}#{_s(head)}", partition_key=partition_key) if blob else None
+        state = (
+            codec.decode_snapshot(blob, key=f"{k.snaps}#{_s(head)}", partition_key=partition_key)
+            if blob
+            else None
+        )
         return Acquired(token=_s(token), fence=int(fence), head=state)
 
     def renew_call(self, partition_key: str | None, app_id: str, token: str, ttl_ms: int) -> Call:
@@ -218,6 +235,12 @@ class RedisStore(StoreCore):
 
         Safe to retry every script here: commit.lua recognises its own write id, the others are
         reads or token-checked."""
+        if before_try is not None:
+            before_try()
+        try:
+            return self._eval(call)
+        except TRANSIENT:
+            pass  # retried below: every script here is safe to send again
         try:
             for attempt in Retrying(**self.retrying_kwargs()):
                 with attempt:
@@ -225,21 +248,44 @@ class RedisStore(StoreCore):
                         before_try()
                     return self._eval(call)
         except TRANSIENT as e:
-            raise RedisUnavailable(f"Redis unreachable running {call.script.name}: {e}", script=call.script.name) from e
+            raise RedisUnavailable(
+                f"Redis unreachable running {call.script.name}: {e}", script=call.script.name
+            ) from e
 
     def _eval(self, call: Call) -> Any:
+        # One pooled connection, EVALSHA sent directly: this is the per-step path, and redis-py's
+        # per-command wrapper costs about as much as the script itself. Errors disconnect the
+        # connection (read_response does) and our own retry policy decides what happens next.
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
         try:
-            return self.client.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-        except redis.exceptions.NoScriptError:
-            self.client.script_load(call.script.source)
-            return self.client.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            try:
+                conn.send_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+                return conn.read_response()
+            except redis.exceptions.NoScriptError:
+                conn.send_command("SCRIPT", "LOAD", call.script.source)
+                conn.read_response()
+                conn.send_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+                return conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
-    def load(self, partition_key: str | None, app_id: str, sequence_id: int | None = None) -> PersistedStateData | None:
+    def load(
+        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+    ) -> PersistedStateData | None:
         reply = self.run(self.load_call(partition_key, app_id, sequence_id))
         return self.read_load(reply, partition_key, app_id, sequence_id)
 
     def list_app_ids(self, partition_key: str | None) -> list[str]:
-        return [_s(m) for m in self._with_retry(self.client.zrevrange, self.schema.partition_index(partition_key), 0, -1)]
+        return [
+            _s(m)
+            for m in self._with_retry(
+                self.client.zrevrange, self.schema.partition_index(partition_key), 0, -1
+            )
+        ]
 
     def head_sequence(self, partition_key: str | None, app_id: str) -> int | None:
         head = self._with_retry(self.client.hget, self.keys(partition_key, app_id).meta, "head")
@@ -277,6 +323,12 @@ class AsyncRedisStore(StoreCore):
         return cls(aconnect(url), StoreConfig(**config))
 
     async def run(self, call: Call, before_try: Callable[[], None] | None = None) -> Any:
+        if before_try is not None:
+            before_try()
+        try:
+            return await self._eval(call)
+        except TRANSIENT:
+            pass  # retried below: every script here is safe to send again
         try:
             async for attempt in AsyncRetrying(**self.retrying_kwargs()):
                 with attempt:
@@ -284,21 +336,39 @@ class AsyncRedisStore(StoreCore):
                         before_try()
                     return await self._eval(call)
         except TRANSIENT as e:
-            raise RedisUnavailable(f"Redis unreachable running {call.script.name}: {e}", script=call.script.name) from e
+            raise RedisUnavailable(
+                f"Redis unreachable running {call.script.name}: {e}", script=call.script.name
+            ) from e
 
     async def _eval(self, call: Call) -> Any:
+        # Same direct path as RedisStore._eval.
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
         try:
-            return await self.client.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)  # type: ignore[misc]
-        except redis.exceptions.NoScriptError:
-            await self.client.script_load(call.script.source)
-            return await self.client.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)  # type: ignore[misc]
+            try:
+                await conn.send_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+                return await conn.read_response()
+            except redis.exceptions.NoScriptError:
+                await conn.send_command("SCRIPT", "LOAD", call.script.source)
+                await conn.read_response()
+                await conn.send_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+                return await conn.read_response()
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
-    async def load(self, partition_key: str | None, app_id: str, sequence_id: int | None = None) -> PersistedStateData | None:
+    async def load(
+        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+    ) -> PersistedStateData | None:
         reply = await self.run(self.load_call(partition_key, app_id, sequence_id))
         return self.read_load(reply, partition_key, app_id, sequence_id)
 
     async def list_app_ids(self, partition_key: str | None) -> list[str]:
-        members = await self._with_retry(self.client.zrevrange, self.schema.partition_index(partition_key), 0, -1)
+        members = await self._with_retry(
+            self.client.zrevrange, self.schema.partition_index(partition_key), 0, -1
+        )
         return [_s(m) for m in members]
 
     async def head_sequence(self, partition_key: str | None, app_id: str) -> int | None:
@@ -322,4 +392,3 @@ class AsyncRedisStore(StoreCore):
                     return await fn(*args)
         except TRANSIENT as e:
             raise RedisUnavailable(f"Redis unreachable: {e}") from e
-

@@ -2,7 +2,7 @@
 -- KEYS[1] meta   hash   head, pos, status, oldest, wid, fence
 -- KEYS[2] snaps  hash   seq -> snapshot JSON (starts with {"w":"<16-hex write id>", ...)
 -- KEYS[3] lease  string current lease token (absent when nobody holds the app)
--- KEYS[4] index  zset   partition index: app id -> server time of last commit (ms)
+-- KEYS[4] index  zset   partition index: app id -> server time of its first commit (ms)
 -- ARGV[1] seq     sequence id of the step being committed
 -- ARGV[2] blob    snapshot JSON
 -- ARGV[3] pos     action name (Burr "position")
@@ -22,7 +22,8 @@ if token ~= '' then
     return {-2, holder or ''}
   end
 end
-local head = redis.call('HGET', KEYS[1], 'head')
+local meta = redis.call('HMGET', KEYS[1], 'head', 'oldest')
+local head = meta[1]
 if head then
   local h = tonumber(head)
   if h ~= seq - 1 then
@@ -36,7 +37,7 @@ if head then
   end
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-local oldest = tonumber(redis.call('HGET', KEYS[1], 'oldest') or seq)
+local oldest = tonumber(meta[2] or seq)
 local floor = seq - tonumber(ARGV[6]) + 1
 while oldest < floor do
   redis.call('HDEL', KEYS[2], tostring(oldest))
@@ -44,6 +45,9 @@ while oldest < floor do
 end
 redis.call('HSET', KEYS[1], 'head', ARGV[1], 'pos', ARGV[3], 'status', ARGV[4],
   'oldest', tostring(oldest), 'wid', ARGV[5])
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[4], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[8])
+if not head then
+  -- First commit of the app: index it once, by creation time on the server's clock.
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[4], 'NX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[8])
+end
 return {1, seq}

@@ -1,0 +1,120 @@
+"""Steps per second of a trivial Burr app, in one process against one server:
+(a) no persister, (b) Burr's own RedisBasePersister, (c) burr_dist RedisPersister,
+(d) RedisPersister under a lease (every commit fenced).
+
+    python bench/steps.py [--steps N] [--redis-url URL]
+
+Without --redis-url (or REDIS_URL) it starts an embedded server. The last line is the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+from burr.core import ApplicationBuilder, State, action
+from burr.core.persistence import BaseStatePersister
+from burr.integrations.persisters.b_redis import RedisBasePersister
+
+from burr_dist import Lease, RedisPersister, RedisStore
+from burr_dist.connection import connect
+from burr_dist.embedded import EmbeddedServer
+
+
+@action(reads=["n"], writes=["n"])
+def ping(state: State) -> State:
+    return state.update(n=state["n"] + 1)
+
+
+@action(reads=["n"], writes=["n", "last"])
+def pong(state: State) -> State:
+    return state.update(last=state["n"])
+
+
+def make_app(persister: Any | None, app_id: str, partition_key: str) -> Any:
+    b = (
+        ApplicationBuilder()
+        .with_actions(ping=ping, pong=pong)
+        .with_transitions(("ping", "pong"), ("pong", "ping"))
+        .with_identifiers(app_id=app_id, partition_key=partition_key)
+    )
+    if persister is None:
+        b = b.with_state(n=0, last=0).with_entrypoint("ping")
+    else:
+        b = b.initialize_from(
+            persister,
+            resume_at_next_action=True,
+            default_state={"n": 0, "last": 0},
+            default_entrypoint="ping",
+        ).with_state_persister(persister)
+    return b.build()
+
+
+def timed(persister: BaseStatePersister | None, steps: int) -> float:
+    app = make_app(persister, f"bench-{uuid.uuid4().hex[:8]}", "bench")
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        app.step()
+    return steps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--rounds", type=int, default=3, help="best of N rounds per variant")
+    ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
+    args = ap.parse_args()
+    server = None
+    url = args.redis_url
+    if not url:
+        server = EmbeddedServer().start()
+        url = server.url
+    try:
+        client = connect(url)
+        store = RedisStore(client)
+        burr_redis = RedisBasePersister(connect(url), namespace=f"bench{uuid.uuid4().hex[:6]}")
+        # Raw round trip for scale: PING p50.
+        lat = []
+        for _ in range(2000):
+            t0 = time.perf_counter()
+            client.ping()
+            lat.append(time.perf_counter() - t0)
+        lat.sort()
+        print(f"server={url} raw_ping_p50_us={lat[len(lat) // 2] * 1e6:.1f}")
+
+        def leased() -> float:
+            app_id = f"bench-{uuid.uuid4().hex[:8]}"
+            with Lease(store, "bench", app_id, ttl=30).acquire() as lease:
+                app = make_app(lease.persister, app_id, "bench")
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    app.step()
+                return args.steps / (time.perf_counter() - t0)
+
+        variants = {
+            "a_no_persister": lambda: timed(None, args.steps),
+            "b_burr_redis": lambda: timed(burr_redis, args.steps),
+            "c_burr_dist": lambda: timed(RedisPersister(store), args.steps),
+            "d_burr_dist_leased": leased,
+        }
+        best: dict[str, float] = {}
+        for _ in range(args.rounds):  # interleave rounds so drift hits every variant alike
+            for name, fn in variants.items():
+                best[name] = max(best.get(name, 0.0), fn())
+        for name, rate in best.items():
+            print(f"{name:22s} {rate:10.0f} steps/s")
+        a, b, c, d = (best[k] for k in variants)
+        print(
+            f"ratio_vs_burr_redis={c / b:.2f} ratio_leased_vs_burr_redis={d / b:.2f} ratio_vs_no_persister={c / a:.3f}"
+        )
+    finally:
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
