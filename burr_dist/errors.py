@@ -44,6 +44,16 @@ class CorruptSnapshot(StoreError):
     """A stored snapshot cannot be parsed (hand-edited, or written by an incompatible version)."""
 
 
+class AppNotFound(StoreError, LookupError):
+    """No app (fleet record) with this id exists."""
+
+
+class AppNotRunnable(StoreError):
+    """The app's status does not allow what was asked (resume of an app that is not waiting...)."""
+
+    status: str
+
+
 class StoreRewound(StoreError):
     """The store holds less than this worker knows was committed: Redis lost data."""
 

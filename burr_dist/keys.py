@@ -5,11 +5,20 @@ Layout (prefix ``burr``; ``P`` and ``A`` are the encoded partition key and app i
     burr:{P}:A:meta      hash   head sequence, position, status, fencing counter, write id
     burr:{P}:A:snaps     hash   sequence id -> snapshot JSON (the last ``keep`` steps)
     burr:{P}:A:lease     string lease token, expires on the server's clock (PX)
-    burr:{P}:apps        zset   app ids of the partition, scored by last commit (server ms)
+    burr:{P}:A:job       hash   fleet record: app name, status, attempts, last error, inputs...
+    burr:{P}:apps        zset   app ids of the partition, scored by first commit (server ms)
+    burr:q{Q}:ready      zset   runnable apps of queue Q ("P:A" members), scored by due time (ms)
+    burr:q{Q}:active     zset   claimed apps of queue Q, scored by claim deadline (server ms)
+    burr:w{fleet}:workers   zset  worker ids, scored by last heartbeat (server ms)
+    burr:w{fleet}:worker:W  hash  one worker's host, pid, queues, concurrency (expires)
 
 Everything of one partition shares the hash tag ``{P}``, so a commit (app keys plus the
 partition index) touches one Redis Cluster slot. The partition key is therefore the unit of
 sharding: put independent users or tenants under different partition keys.
+
+Queue keys carry their own hash tag (``q{Q}``) and so live in another slot than the apps they
+list: every step that crosses the two is ordered so that a crash leaves at worst an entry that a
+later claim or sweep recognises and drops (see burr_dist/queue.py).
 
 Encoding: ids are percent-encoded outside a small safe alphabet, so ``:``, ``{``, ``}``, glob
 characters, spaces and non-ASCII never appear raw. The encoding is injective (``%`` itself is
@@ -83,6 +92,13 @@ class AppKeys:
     snaps: str
     lease: str
     index: str
+    job: str
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    ready: str
+    active: str
 
 
 @dataclass(frozen=True)
@@ -111,11 +127,33 @@ class KeySchema:
             snaps=f"{base}:snaps",
             lease=f"{base}:lease",
             index=self.partition_index(partition_key),
+            job=f"{base}:job",
         )
 
-    # Fleet keys (queue, workers) live outside app slots; see burr_dist/queue.py.
-    def fleet(self, name: str) -> str:
-        return f"{self.prefix}:fleet:{name}"
+    @staticmethod
+    def member(partition_key: str | None, app_id: str) -> str:
+        """Queue member naming an app: injective, parseable back with :meth:`parse_member`."""
+        return f"{encode_id(partition_of(partition_key))}:{encode_id(check_id('app_id', app_id))}"
+
+    @staticmethod
+    def parse_member(member: str) -> tuple[str, str]:
+        pk, app = member.split(":")
+        return decode_id(pk), decode_id(app)
+
+    def queue(self, name: str) -> QueueKeys:
+        check_id("queue", name)
+        tag = f"{self.prefix}:q{{{encode_id(name)}}}"
+        return QueueKeys(ready=f"{tag}:ready", active=f"{tag}:active")
+
+    def workers(self) -> str:
+        return f"{self.prefix}:w{{fleet}}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:w{{fleet}}:worker:{encode_id(check_id('worker_id', worker_id))}"
+
+    def job_pattern(self) -> str:
+        """SCAN MATCH pattern for job records (braces are not glob characters)."""
+        return f"{self.prefix}:{{*}}:*:job"
 
     def scan_pattern(self) -> str:
         """A SCAN MATCH pattern for everything under the prefix (the prefix has no glob chars)."""

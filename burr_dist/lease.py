@@ -9,6 +9,7 @@ commit.lua refuses a token that is not the current one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -17,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from burr.core.persistence import PersistedStateData
 
-from burr_dist.errors import ConfigurationError, LeaseLost, LeaseNotHeld, RedisUnavailable
+from burr_dist.errors import AppNotRunnable, ConfigurationError, LeaseLost, LeaseNotHeld, RedisUnavailable
 from burr_dist.keys import check_id
-from burr_dist.store import Acquired, AsyncRedisStore, Held, RedisStore, StoreCore
+from burr_dist.store import AsyncRedisStore, Call, Held, NotRunnable, RedisStore, StoreCore
 
 if TYPE_CHECKING:
     from burr_dist.persister import AsyncRedisPersister, RedisPersister
@@ -32,8 +33,12 @@ DEFAULT_TTL = 30.0
 class LeaseCore:
     """State and rules of one lease, shared by Lease and AsyncLease."""
 
-    def __init__(self, store: StoreCore, partition_key: str | None, app_id: str, ttl: float) -> None:
+    def __init__(
+        self, store: StoreCore, partition_key: str | None, app_id: str, ttl: float, worker: str = ""
+    ) -> None:
         check_id("app_id", app_id)
+        self.worker = worker  # fleet mode: the job record must allow the claim (acquire.lua)
+        self.job: dict[str, str] = {}
         if ttl <= 0.05:
             raise ConfigurationError(f"lease ttl must be > 0.05 s, got {ttl!r}", ttl=ttl)
         self.store = store
@@ -55,8 +60,8 @@ class LeaseCore:
     def renew_every(self) -> float:
         return self.ttl / 3
 
-    def acquire_call(self):  # type: ignore[no-untyped-def]
-        return self.store.acquire_call(self.partition_key, self.app_id, os.urandom(8).hex(), self.ttl_ms)
+    def acquire_call(self) -> Call:
+        return self.store.acquire_call(self.partition_key, self.app_id, os.urandom(8).hex(), self.ttl_ms, self.worker)
 
     def on_acquire(self, reply: Any, sent_at: float) -> None:
         result = self.store.read_acquire(reply, self.partition_key, self.app_id)
@@ -69,8 +74,15 @@ class LeaseCore:
                 holder=result.holder,
                 pttl_ms=result.pttl_ms,
             )
-        assert isinstance(result, Acquired)
-        self.token, self.fence, self.head = result.token, result.fence, result.head
+        if isinstance(result, NotRunnable):
+            raise AppNotRunnable(
+                f"app {self.app_id!r} (partition {self.partition_key!r}) cannot be claimed: {result.status}",
+                app_id=self.app_id,
+                partition_key=self.partition_key,
+                status=result.status,
+                run_at_ms=result.run_at_ms,
+            )
+        self.token, self.fence, self.head, self.job = result.token, result.fence, result.head, result.job
         self.deadline = sent_at + self.ttl
         log.debug("leased %s/%s fence=%s", self.partition_key, self.app_id, self.fence)
 
@@ -119,9 +131,14 @@ class Lease(LeaseCore):
     store: RedisStore
 
     def __init__(
-        self, store: RedisStore, partition_key: str | None, app_id: str, ttl: float = DEFAULT_TTL
+        self,
+        store: RedisStore,
+        partition_key: str | None,
+        app_id: str,
+        ttl: float = DEFAULT_TTL,
+        worker: str = "",
     ) -> None:
-        super().__init__(store, partition_key, app_id, ttl)
+        super().__init__(store, partition_key, app_id, ttl, worker)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -198,9 +215,14 @@ class AsyncLease(LeaseCore):
     store: AsyncRedisStore
 
     def __init__(
-        self, store: AsyncRedisStore, partition_key: str | None, app_id: str, ttl: float = DEFAULT_TTL
+        self,
+        store: AsyncRedisStore,
+        partition_key: str | None,
+        app_id: str,
+        ttl: float = DEFAULT_TTL,
+        worker: str = "",
     ) -> None:
-        super().__init__(store, partition_key, app_id, ttl)
+        super().__init__(store, partition_key, app_id, ttl, worker)
         self._task: asyncio.Task[None] | None = None
 
     async def acquire(self, *, wait: float = 0.0, auto_renew: bool = True) -> AsyncLease:
@@ -258,6 +280,14 @@ class AsyncLease(LeaseCore):
         except RedisUnavailable as e:
             log.warning("release of %s failed (it will expire): %s", self.app_id, e)
             return False
+
+    async def detach(self) -> None:
+        """Stop renewing without touching Redis: settle.lua already released the lease."""
+        self.released = True
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
 
     @property
     def persister(self) -> AsyncRedisPersister:

@@ -14,8 +14,8 @@ from burr.core.persistence import AsyncBaseStatePersister, BaseStatePersister, P
 from burr.core.state import State
 
 from burr_dist import codec
-from burr_dist.lease import AsyncLease, Lease, LeaseCore
-from burr_dist.store import AsyncRedisStore, Call, RedisStore, StoreCore
+from burr_dist.lease import LeaseCore
+from burr_dist.store import AsyncRedisStore, Call, Committed, RedisStore, StoreCore
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class PersisterCore:
         self.lease = lease
         self._last_saved: tuple[str | None, str, int] | None = None
         self._head_fresh = lease is not None  # the lease's head is current until our first commit
+        self.last_commit: Committed | None = None
 
     def commit_call(
         self,
@@ -63,7 +64,7 @@ class PersisterCore:
         )
 
     def on_commit(self, reply: Any, partition_key: str | None, app_id: str, sequence_id: int) -> None:
-        self.store.read_commit(reply, partition_key, app_id, sequence_id)
+        self.last_commit = self.store.read_commit(reply, partition_key, app_id, sequence_id)
         self._last_saved = (partition_key, app_id, sequence_id)
         self._head_fresh = False
 
@@ -90,7 +91,7 @@ class PersisterCore:
 class RedisPersister(BaseStatePersister):
     """Sync Burr persister. Pass ``lease=`` (or use ``Lease.persister``) to fence every save."""
 
-    def __init__(self, store: RedisStore, lease: Lease | None = None) -> None:
+    def __init__(self, store: RedisStore, lease: LeaseCore | None = None) -> None:
         self.store = store
         self.core = PersisterCore(store, lease)
 
@@ -133,7 +134,7 @@ class RedisPersister(BaseStatePersister):
 class AsyncRedisPersister(AsyncBaseStatePersister):
     """Async Burr persister (use with ``abuild()``); same semantics as RedisPersister."""
 
-    def __init__(self, store: AsyncRedisStore, lease: AsyncLease | None = None) -> None:
+    def __init__(self, store: AsyncRedisStore, lease: LeaseCore | None = None) -> None:
         self.store = store
         self.core = PersisterCore(store, lease)
 

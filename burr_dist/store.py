@@ -73,6 +73,7 @@ class Call:
 class Committed:
     sequence_id: int
     replayed: bool  # True when a retry found its own write already committed
+    cancel_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,13 @@ class Acquired:
     token: str
     fence: int
     head: PersistedStateData | None
+    job: dict[str, str] = field(default_factory=dict)  # the fleet record, in fleet mode
+
+
+@dataclass(frozen=True)
+class NotRunnable:
+    status: str  # "missing", a status that cannot run, or "scheduled" (then run_at is set)
+    run_at_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,7 @@ class StoreCore:
         k = self.keys(partition_key, app_id)
         return Call(
             script("commit"),
-            (k.meta, k.snaps, k.lease, k.index),
+            (k.meta, k.snaps, k.lease, k.index, k.job),
             (sequence_id, blob, position, status, write_id, self.config.keep, token, app_id),
         )
 
@@ -142,10 +150,8 @@ class StoreCore:
         reply: Sequence[Any], partition_key: str | None, app_id: str, sequence_id: int
     ) -> Committed:
         code = int(reply[0])
-        if code == 1:
-            return Committed(sequence_id, replayed=False)
-        if code == 2:
-            return Committed(sequence_id, replayed=True)
+        if code in (1, 2):
+            return Committed(sequence_id, replayed=code == 2, cancel_requested=bool(reply[2]))
         if code == -1:
             head = int(reply[1])
             raise SequenceConflict(
@@ -196,21 +202,29 @@ class StoreCore:
         )
 
     # -- leases --------------------------------------------------------------------------
-    def acquire_call(self, partition_key: str | None, app_id: str, nonce: str, ttl_ms: int) -> Call:
+    def acquire_call(
+        self, partition_key: str | None, app_id: str, nonce: str, ttl_ms: int, worker: str = ""
+    ) -> Call:
         k = self.keys(partition_key, app_id)
-        return Call(script("acquire"), (k.meta, k.snaps, k.lease), (nonce, ttl_ms))
+        return Call(script("acquire"), (k.meta, k.snaps, k.lease, k.job), (nonce, ttl_ms, worker))
 
-    def read_acquire(self, reply: Sequence[Any], partition_key: str | None, app_id: str) -> Acquired | Held:
-        if int(reply[0]) == 0:
+    def read_acquire(
+        self, reply: Sequence[Any], partition_key: str | None, app_id: str
+    ) -> Acquired | Held | NotRunnable:
+        code = int(reply[0])
+        if code == 0:
             return Held(holder=_s(reply[1]), pttl_ms=int(reply[2]))
-        _, token, fence, head, blob = reply
+        if code == -1:
+            return NotRunnable(status=_s(reply[1]))
+        if code == -2:
+            return NotRunnable(status="scheduled", run_at_ms=int(reply[1]))
+        _, token, fence, head, blob, flat = reply
         k = self.keys(partition_key, app_id)
         state = (
-            codec.decode_snapshot(blob, key=f"{k.snaps}#{_s(head)}", partition_key=partition_key)
-            if blob
-            else None
+            codec.decode_snapshot(blob, key=f"{k.snaps}#{_s(head)}", partition_key=partition_key) if blob else None
         )
-        return Acquired(token=_s(token), fence=int(fence), head=state)
+        job = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return Acquired(token=_s(token), fence=int(fence), head=state, job=job)
 
     def renew_call(self, partition_key: str | None, app_id: str, token: str, ttl_ms: int) -> Call:
         return Call(script("renew"), (self.keys(partition_key, app_id).lease,), (token, ttl_ms))

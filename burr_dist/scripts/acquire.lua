@@ -1,11 +1,36 @@
 -- acquire.lua: take the lease on an app and read its head snapshot in the same round trip.
+-- In fleet mode (ARGV[3] is a worker id) the job record decides first whether the app may run.
 -- KEYS[1] meta   hash   'fence' is a counter that only grows; 'head' is the head sequence
 -- KEYS[2] snaps  hash   seq -> snapshot JSON
 -- KEYS[3] lease  string lease token; expiry is kept by the server's clock (PX)
+-- KEYS[4] job    hash   fleet record (status, run_at, cancel...); read only in fleet mode
 -- ARGV[1] nonce   random string from the caller
 -- ARGV[2] ttl_ms  lease time to live in milliseconds
--- Returns {1, token, fence, head_or_"", snapshot_or_""} when acquired;
---         {0, holder_token, pttl_ms} when someone else holds it.
+-- ARGV[3] worker  worker id for fleet mode, or "" for a plain lease
+-- Returns {1, token, fence, head_or_"", snapshot_or_"", job_fields_flat} when acquired;
+--         {0, holder_token, pttl_ms} when someone else holds it;
+--         {-1, status} fleet mode: the job is missing ("missing") or not runnable;
+--         {-2, run_at_ms} fleet mode: the job is not due yet.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fleet = ARGV[3] ~= ''
+if fleet then
+  local job = redis.call('HMGET', KEYS[4], 'status', 'run_at', 'cancel')
+  local status = job[1]
+  if not status then
+    return {-1, 'missing'}
+  end
+  if status ~= 'queued' and status ~= 'running' then
+    return {-1, status}
+  end
+  if job[3] == '1' then
+    redis.call('HSET', KEYS[4], 'status', 'cancelled', 'updated_at', now, 'worker', '')
+    return {-1, 'cancelled'}
+  end
+  if job[2] and tonumber(job[2]) > now then
+    return {-2, job[2]}
+  end
+end
 local holder = redis.call('GET', KEYS[3])
 if holder then
   return {0, holder, redis.call('PTTL', KEYS[3])}
@@ -18,4 +43,10 @@ local snap = ''
 if head then
   snap = redis.call('HGET', KEYS[2], head) or ''
 end
-return {1, token, fence, head or '', snap}
+local fields = {}
+if fleet then
+  redis.call('HSET', KEYS[4], 'status', 'running', 'worker', ARGV[3], 'updated_at', now)
+  redis.call('HINCRBY', KEYS[4], 'claims', 1)
+  fields = redis.call('HGETALL', KEYS[4])
+end
+return {1, token, fence, head or '', snap, fields}

@@ -3,6 +3,7 @@
 -- KEYS[2] snaps  hash   seq -> snapshot JSON (starts with {"w":"<16-hex write id>", ...)
 -- KEYS[3] lease  string current lease token (absent when nobody holds the app)
 -- KEYS[4] index  zset   partition index: app id -> server time of its first commit (ms)
+-- KEYS[5] job    hash   fleet record; only its 'cancel' field is read (absent outside a fleet)
 -- ARGV[1] seq     sequence id of the step being committed
 -- ARGV[2] blob    snapshot JSON
 -- ARGV[3] pos     action name (Burr "position")
@@ -11,7 +12,7 @@
 -- ARGV[6] keep    number of snapshots to retain (>= 1)
 -- ARGV[7] token   lease token, or "" for an unfenced commit
 -- ARGV[8] app_id  member for the partition index
--- Returns {1, seq} committed; {2, seq} this very write was already committed (retry after a
+-- Returns {1, seq, cancel} committed (cancel is "1" when a cancel was requested); {2, seq, cancel} this very write was already committed (retry after a
 -- lost reply); {-1, head} conflict, head is the stored head sequence; {-2, holder} fenced out,
 -- holder is the current lease token or "".
 local seq = tonumber(ARGV[1])
@@ -30,7 +31,7 @@ if head then
     if h >= seq then
       local mine = redis.call('HGET', KEYS[2], ARGV[1])
       if mine and string.sub(mine, 7, 22) == ARGV[5] then
-        return {2, seq}
+        return {2, seq, redis.call('HGET', KEYS[5], 'cancel') or ''}
       end
     end
     return {-1, h}
@@ -50,4 +51,4 @@ if not head then
   local t = redis.call('TIME')
   redis.call('ZADD', KEYS[4], 'NX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[8])
 end
-return {1, seq}
+return {1, seq, redis.call('HGET', KEYS[5], 'cancel') or ''}

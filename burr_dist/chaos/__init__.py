@@ -1,0 +1,1 @@
+"""Chaos testing support: histories of what workers did, and a checker for them."""

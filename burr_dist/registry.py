@@ -1,0 +1,160 @@
+"""Registering Burr application factories by name, and the fleet's lifecycle hooks.
+
+    registry = Registry()
+
+    @registry.app("approval", entrypoint="draft", default_state={"draft": ""},
+                  halt_before=["human_review"])
+    def approval(ctx: AppContext) -> ApplicationBuilder:
+        return ApplicationBuilder().with_actions(...).with_transitions(...)
+
+The factory describes the graph only; the worker adds identifiers and ``initialize_from`` (resume,
+fork or new) and commits every step itself, fenced by its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from burr.core import ApplicationBuilder
+
+from burr_dist.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+EVENTS = ("claimed", "step_committed", "parked", "completed", "failed", "retry_scheduled",
+          "cancelled", "lease_lost", "handed_back")
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """What a factory gets: the ids of the app being built and its registered name."""
+
+    name: str
+    app_id: str
+    partition_key: str | None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of an action that raised: ``max_attempts`` in all, exponential backoff with jitter.
+    The next run time is kept in Redis (the job's ``run_at``), not in worker memory."""
+
+    max_attempts: int = 3
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        base = min(self.initial_delay * (2 ** max(attempt - 1, 0)), self.max_delay)
+        return base * random.uniform(0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    name: str
+    factory: Callable[[AppContext], ApplicationBuilder]
+    entrypoint: str
+    default_state: dict[str, Any] = field(default_factory=dict)
+    halt_before: tuple[str, ...] = ()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    queue: str = "default"
+
+
+@dataclass(frozen=True)
+class FleetEvent:
+    """Passed to hooks. ``sequence_id``/``position`` are the app's head after the event."""
+
+    kind: str
+    name: str
+    app_id: str
+    partition_key: str | None
+    sequence_id: int | None
+    position: str | None
+    worker: str
+    error: str | None = None
+
+
+Hook = Callable[[FleetEvent], "None | Awaitable[None]"]
+
+
+class Registry:
+    """Named app factories plus hooks. Workers import the module that defines one."""
+
+    def __init__(self) -> None:
+        self.apps: dict[str, AppSpec] = {}
+        self.hooks: dict[str, list[Hook]] = {kind: [] for kind in EVENTS}
+
+    def app(
+        self,
+        name: str,
+        *,
+        entrypoint: str,
+        default_state: dict[str, Any] | None = None,
+        halt_before: Sequence[str] = (),
+        retry: RetryPolicy | None = None,
+        queue: str = "default",
+    ) -> Callable[[Callable[[AppContext], ApplicationBuilder]], Callable[[AppContext], ApplicationBuilder]]:
+        def register(factory: Callable[[AppContext], ApplicationBuilder]) -> Callable[[AppContext], ApplicationBuilder]:
+            if name in self.apps:
+                raise ConfigurationError(f"app name {name!r} is registered twice", name=name)
+            self.apps[name] = AppSpec(
+                name, factory, entrypoint, dict(default_state or {}), tuple(halt_before), retry or RetryPolicy(), queue
+            )
+            return factory
+
+        return register
+
+    def get(self, name: str) -> AppSpec:
+        try:
+            return self.apps[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"unknown app name {name!r}; registered: {sorted(self.apps) or 'none'}", name=name
+            ) from None
+
+    def on(self, *kinds: str) -> Callable[[Hook], Hook]:
+        """Decorator: call ``hook(event)`` (sync or async) on these events (all when none given)."""
+        for kind in kinds:
+            if kind not in self.hooks:
+                raise ConfigurationError(f"unknown hook event {kind!r}; one of {EVENTS}", kind=kind)
+
+        def register(hook: Hook) -> Hook:
+            for kind in kinds or EVENTS:
+                self.hooks[kind].append(hook)
+            return hook
+
+        return register
+
+    async def emit(self, event: FleetEvent) -> None:
+        """Call the hooks of ``event.kind``; a failing hook is logged and never affects the app."""
+        for hook in self.hooks.get(event.kind, ()):
+            try:
+                result = hook(event)
+                if inspect.isawaitable(result):
+                    await asyncio.wait_for(result, timeout=30)
+            except Exception:
+                log.exception("hook %r failed on %s of %s", hook, event.kind, event.app_id)
+
+
+def load_registry(target: str) -> Registry:
+    """Import ``module`` or ``module:attribute`` and return its Registry (the first one found)."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:
+        raise ConfigurationError(f"cannot import app module {module_name!r}: {e!r}", module=module_name) from e
+    if attr:
+        found = getattr(module, attr, None)
+        if not isinstance(found, Registry):
+            raise ConfigurationError(f"{target!r} is not a burr_dist Registry", module=module_name)
+        return found
+    for value in vars(module).values():
+        if isinstance(value, Registry):
+            return value
+    raise ConfigurationError(f"module {module_name!r} defines no burr_dist Registry", module=module_name)

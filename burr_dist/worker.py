@@ -1,0 +1,388 @@
+"""Workers: claim runnable apps, lease them, run Burr steps, commit each one fenced, settle.
+
+Crash points of one claim and how each recovers (queue keys and app keys are in different slots):
+
+1. claim.lua moved the app from ``ready`` to ``active`` (deadline = now + lease TTL), then the
+   worker died: the deadline passes and sweep.lua (any worker) moves it back to ``ready``.
+2. acquire.lua took the lease and marked the record running, then the worker died: the lease
+   expires on the server's clock; the active deadline, extended together with the lease, expires
+   with it; the sweep requeues it and the next claim finds the lease free and the record running,
+   which is runnable.
+3. Mid-run: every committed step is durable; an uncommitted step is re-run by the next holder.
+   A worker paused past its TTL cannot commit: commit.lua checks the lease token.
+4. settle.lua recorded the outcome and deleted the lease, then the worker died before updating the
+   queue: the stale ``active`` entry is swept back to ``ready``; the next claim reads a terminal or
+   waiting record (acquire.lua returns not-runnable) and drops the entry, or a due queued record
+   and runs it, which is what settle asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from burr.core import Application
+
+from burr_dist.connection import aconnect, connect
+from burr_dist.errors import (
+    AppNotRunnable,
+    BurrDistError,
+    ConfigurationError,
+    LeaseError,
+    LeaseNotHeld,
+    SequenceConflict,
+)
+from burr_dist.lease import AsyncLease
+from burr_dist.persister import AsyncRedisPersister, RedisPersister
+from burr_dist.queue import DEFAULT_QUEUE, AsyncFleetClient
+from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
+from burr_dist.store import RedisStore, StoreConfig
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """One worker process. ``await Worker(registry, url=...).run()``, or ``run_forever()`` with
+    signal handling (first SIGTERM/SIGINT: stop claiming and hand apps back at the next step
+    boundary; second: exit at once)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        url: str | None = None,
+        prefix: str = "burr",
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+        concurrency: int = 8,
+        threads: int | None = None,
+        lease_ttl: float = 10.0,
+        sweep_interval: float = 1.0,
+        max_steps_per_claim: int = 100,
+        max_seconds_per_claim: float = 30.0,
+        poll_interval: float = 0.1,
+        finished_ttl: float | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1", concurrency=concurrency)
+        if lease_ttl <= 0.3:
+            raise ConfigurationError("lease_ttl must be > 0.3 s", lease_ttl=lease_ttl)
+        self.registry = registry
+        self.url = url
+        self.config = StoreConfig(prefix=prefix, finished_ttl=finished_ttl)
+        self.queues = tuple(queues)
+        self.concurrency = concurrency
+        self.lease_ttl = lease_ttl
+        self.sweep_interval = sweep_interval
+        self.max_steps = max_steps_per_claim
+        self.max_seconds = max_seconds_per_claim
+        self.poll_interval = poll_interval
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._pool = ThreadPoolExecutor(max_workers=threads or concurrency, thread_name_prefix="burr-dist-step")
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._held: dict[str, str] = {}  # member -> queue, while this worker runs the app
+        self._stop = asyncio.Event() if False else None  # created in run() on the right loop
+        self.stopping = False
+        self.completed_claims = 0
+
+    @property
+    def claim_ms(self) -> int:
+        return int(self.lease_ttl * 1000)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def request_stop(self) -> None:
+        if not self.stopping:
+            log.info("worker %s stopping: no new claims; running apps are handed back", self.id)
+        self.stopping = True
+        if self._stop is not None:
+            self._stop.set()
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM/SIGINT (CLI entry point)."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            signals = 0
+
+            def on_signal() -> None:
+                nonlocal signals
+                signals += 1
+                if signals > 1:
+                    log.warning("second signal: exiting now; held leases expire on their own")
+                    os._exit(130)
+                self.request_stop()
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, on_signal)
+            await self.run()
+
+        asyncio.run(main())
+
+    async def run(self) -> None:
+        self._stop = asyncio.Event()
+        if self.stopping:
+            self._stop.set()
+        self.fleet = AsyncFleetClient(aconnect(self.url), self.config)
+        self.sync_store = RedisStore(connect(self.url), self.config)
+        for q in self.queues:
+            self.fleet.schema.queue(q)
+        background = asyncio.create_task(self._background())
+        log.info("worker %s started: queues=%s concurrency=%d", self.id, ",".join(self.queues), self.concurrency)
+        try:
+            await self._claim_loop()
+            if self._tasks:
+                await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        finally:
+            background.cancel()
+            try:
+                await self.fleet.client.zrem(self.fleet.schema.workers(), self.id)
+                await self.fleet.client.delete(self.fleet.schema.worker(self.id))
+            except Exception as e:  # the registry entry expires on its own
+                log.warning("could not deregister worker %s: %s", self.id, e)
+            await self.fleet.client.aclose()
+            self.sync_store.client.close()
+            self._pool.shutdown(wait=False)
+            log.info("worker %s stopped after %d claims", self.id, self.completed_claims)
+
+    async def _claim_loop(self) -> None:
+        assert self._stop is not None
+        while not self.stopping:
+            claimed = 0
+            for queue in self.queues:
+                free = self.concurrency - len(self._tasks)
+                if free <= 0 or self.stopping:
+                    break
+                try:
+                    members = await self.fleet.run(self.fleet.claim_call(queue, free, self.claim_ms))
+                except BurrDistError as e:
+                    log.warning("claim on %s failed: %s", queue, e)
+                    members = []
+                for raw in members:
+                    member = raw.decode() if isinstance(raw, bytes) else raw
+                    self._held[member] = queue
+                    task = asyncio.create_task(self._handle(queue, member))
+                    self._tasks[member] = task
+                    task.add_done_callback(lambda _t, m=member: self._done(m))
+                    claimed += 1
+            if claimed == 0 or len(self._tasks) >= self.concurrency:
+                waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._stop.wait())}
+                waits |= set(self._tasks.values())
+                done, _ = await asyncio.wait(waits, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    if w not in self._tasks.values() and not w.done():
+                        w.cancel()
+
+    def _done(self, member: str) -> None:
+        self._tasks.pop(member, None)
+        self._held.pop(member, None)
+        self.completed_claims += 1
+
+    async def _background(self) -> None:
+        """Heartbeat, extend claim deadlines of held apps, sweep expired claims: all on Redis time."""
+        every = min(self.sweep_interval, self.lease_ttl / 3)
+        last_sweep = 0.0
+        while True:
+            try:
+                await self.fleet.run(self.fleet.heartbeat_call(self.id, int(max(3 * every, self.lease_ttl) * 1000), {
+                    "host": socket.gethostname(), "pid": str(os.getpid()), "queues": ",".join(self.queues),
+                    "concurrency": str(self.concurrency), "running": str(len(self._tasks)),
+                    "state": "stopping" if self.stopping else "running",
+                }))  # fmt: skip
+                by_queue: dict[str, list[str]] = {}
+                for member, queue in list(self._held.items()):
+                    by_queue.setdefault(queue, []).append(member)
+                for queue, members in by_queue.items():
+                    await self.fleet.run(self.fleet.touch_call(queue, self.claim_ms, members))
+                if time.monotonic() - last_sweep >= self.sweep_interval:
+                    last_sweep = time.monotonic()
+                    for queue in self.queues:
+                        moved = await self.fleet.run(self.fleet.sweep_call(queue))
+                        if moved:
+                            log.info("swept %d expired claims back to %s", len(moved), queue)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("worker background round failed: %s", e)
+            await asyncio.sleep(every)
+
+    # -- one claim -----------------------------------------------------------------------
+    async def _ack(self, queue: str, member: str, status: str | None, run_at_ms: int | None) -> None:
+        """Queue side of a settle: drop the active entry; re-add to ready if it runs again."""
+        q = self.fleet.schema.queue(queue)
+        pipe = self.fleet.client.pipeline(transaction=True)
+        pipe.zrem(q.active, member)
+        if status == "queued" and run_at_ms is not None:
+            pipe.zadd(q.ready, {member: run_at_ms}, nx=True)
+        await self.fleet._with_retry(pipe.execute)
+
+    async def _emit(self, kind: str, spec_name: str, lease: AsyncLease, app: Application | None, error: str | None = None) -> None:
+        await self.registry.emit(FleetEvent(
+            kind=kind, name=spec_name, app_id=lease.app_id, partition_key=lease.partition_key,
+            sequence_id=app.sequence_id if app is not None else None,
+            position=app.state.get("__PRIOR_STEP") if app is not None else None, worker=self.id, error=error,
+        ))  # fmt: skip
+
+    async def _handle(self, queue: str, member: str) -> None:
+        pk, app_id = self.fleet.schema.parse_member(member)
+        lease = AsyncLease(self.fleet, pk, app_id, self.lease_ttl, worker=self.id)
+        try:
+            await lease.acquire()
+        except AppNotRunnable as e:
+            # Terminal, waiting, cancelled or missing: the entry is stale. Not due yet: put it back.
+            await self._ack(queue, member, "queued" if e.status == "scheduled" else None, e.run_at_ms)
+            return
+        except LeaseNotHeld as e:
+            # Someone still holds it (a slow worker): try again once its lease would have expired.
+            now_s, now_us = await self.fleet.client.time()
+            await self._ack(queue, member, "queued", now_s * 1000 + now_us // 1000 + max(e.pttl_ms, 100))
+            return
+        except Exception:
+            log.exception("claim of %s failed", member)
+            return  # the active entry is swept back after its deadline
+        name = lease.job.get("name", "")
+        try:
+            outcome = await self._run_claim(lease, name)
+        except LeaseError as e:
+            log.warning("lease on %s lost: %s", member, e)
+            await lease.detach()
+            await self._emit("lease_lost", name, lease, None, str(e))
+            return  # the app belongs to whoever holds the lease now; its queue entry too
+        except Exception as e:
+            # Infrastructure trouble (Redis unreachable...): no settle possible; the lease expires
+            # and the sweep requeues the app.
+            log.exception("claim of %s aborted", member)
+            await lease.detach()
+            await self._emit("lease_lost", name, lease, None, repr(e))
+            return
+        status, run_at = outcome
+        await self._ack(queue, member, status, run_at)
+
+    async def _settle(self, lease: AsyncLease, status: str, **kw: Any) -> tuple[str, int | None]:
+        reply = await self.fleet.run(self.fleet.settle_call(lease.partition_key, lease.app_id, lease.token, status, **kw))
+        await lease.detach()
+        if int(reply[0]) == 0:
+            from burr_dist.errors import LeaseLost
+
+            raise LeaseLost(f"settle of {lease.app_id!r} refused: lease no longer ours", app_id=lease.app_id)
+        settled = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        if status == "completed" and self.config.finished_ttl:
+            await self.fleet.expire_app(lease.partition_key, lease.app_id)
+        return settled, int(reply[2])
+
+    async def _run_claim(self, lease: AsyncLease, name: str) -> tuple[str, int | None]:
+        job = lease.job
+        try:
+            spec = self.registry.get(name)
+            app, persister, is_async = await self._build(spec, lease, job)
+        except Exception as e:
+            log.error("app %s cannot be built: %s", lease.app_id, e)
+            result = await self._settle(lease, "failed", attempts="incr", error=f"build failed: {e!r}")
+            await self._emit("failed", name, lease, None, repr(e))
+            return result
+        await self._emit("claimed", name, lease, app)
+        head = lease.head["sequence_id"] if lease.head is not None else None
+        inputs_at = job.get("inputs_at", "-")
+        pending = job.get("inputs") if inputs_at == ("" if head is None else str(head)) else None
+        pending_obj = None
+        if pending:
+            import orjson
+
+            pending_obj = orjson.loads(pending)
+        consumed = False
+        started = time.monotonic()
+        steps = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            nxt = app.get_next_action()
+            if nxt is None:
+                result = await self._settle(lease, "completed", attempts="reset", consumed=consumed)
+                await self._emit("completed", name, lease, app)
+                return result
+            if nxt.name in spec.halt_before and pending_obj is None:
+                result = await self._settle(lease, "waiting", waiting_for=nxt.name, consumed=consumed)
+                await self._emit("parked", name, lease, app)
+                return result
+            if self.stopping or steps >= self.max_steps or time.monotonic() - started >= self.max_seconds:
+                result = await self._settle(lease, "queued", consumed=consumed)
+                await self._emit("handed_back", name, lease, app)
+                return result
+            step_inputs = None
+            if pending_obj is not None:
+                required, optional = nxt.inputs
+                step_inputs = {k: v for k, v in pending_obj.items() if k in (*required, *optional)}
+            lease.check()
+            try:
+                if is_async:
+                    action, _, state = await app.astep(inputs=step_inputs)  # type: ignore[misc]
+                else:
+                    action, _, state = await loop.run_in_executor(self._pool, lambda: app.step(inputs=step_inputs))  # type: ignore[misc]
+            except Exception as e:
+                return await self._action_failed(spec, lease, app, persister, is_async, nxt.name, e, consumed)
+            await self._save(persister, is_async, lease, app.sequence_id, action.name, state, "completed")
+            if pending_obj is not None:
+                pending_obj, consumed = None, True
+            steps += 1
+            await self._emit("step_committed", name, lease, app)
+            last = persister.core.last_commit
+            if last is not None and last.cancel_requested:
+                result = await self._settle(lease, "cancelled", consumed=consumed)
+                await self._emit("cancelled", name, lease, app)
+                return result
+
+    async def _action_failed(
+        self, spec: AppSpec, lease: AsyncLease, app: Application, persister: Any, is_async: bool,
+        position: str, error: Exception, consumed: bool,
+    ) -> tuple[str, int | None]:  # fmt: skip
+        if isinstance(error, (LeaseError, SequenceConflict)):
+            raise error
+        # Burr's contract: a failed step is saved with the state from before the action; the
+        # rebuilt app re-runs the action at the next sequence id.
+        await self._save(persister, is_async, lease, app.sequence_id, position, app.state, "failed")
+        attempts = int(lease.job.get("attempts") or 0) + 1
+        text = f"{type(error).__name__}: {error}"
+        if attempts < spec.retry.max_attempts:
+            result = await self._settle(
+                lease, "queued", delay=spec.retry.delay(attempts), attempts="incr", error=text, consumed=consumed
+            )
+            await self._emit("retry_scheduled", spec.name, lease, app, text)
+        else:
+            result = await self._settle(lease, "failed", attempts="incr", error=text, consumed=consumed)
+            await self._emit("failed", spec.name, lease, app, text)
+        return result
+
+    async def _save(self, persister: Any, is_async: bool, lease: AsyncLease, seq: int | None, position: str, state: Any, status: str) -> None:
+        assert seq is not None
+        if is_async:
+            await persister.save(lease.partition_key, lease.app_id, seq, position, state, status)
+        else:
+            await asyncio.get_running_loop().run_in_executor(
+                self._pool, persister.save, lease.partition_key, lease.app_id, seq, position, state, status
+            )
+
+    async def _build(self, spec: AppSpec, lease: AsyncLease, job: dict[str, str]) -> tuple[Application, Any, bool]:
+        import orjson
+
+        builder = spec.factory(AppContext(spec.name, lease.app_id, lease.partition_key))
+        is_async = any(a.is_async() for a in builder.graph_builder.actions)
+        persister: Any = AsyncRedisPersister(self.fleet, lease) if is_async else RedisPersister(self.sync_store, lease)
+        state = {**spec.default_state, **(orjson.loads(job["state"]) if job.get("state") else {})}
+        fork: dict[str, Any] = {}
+        if lease.head is None and job.get("fork_app"):
+            fork = {"fork_from_app_id": job["fork_app"], "fork_from_partition_key": job["fork_pk"],
+                    "fork_from_sequence_id": int(job["fork_seq"])}  # fmt: skip
+        builder = builder.with_identifiers(app_id=lease.app_id, partition_key=lease.partition_key).initialize_from(
+            persister, resume_at_next_action=True, default_state=state,
+            default_entrypoint=job.get("entrypoint") or spec.entrypoint, **fork,
+        )  # fmt: skip
+        if is_async:
+            return await builder.abuild(), persister, True
+        app = await asyncio.get_running_loop().run_in_executor(self._pool, builder.build)
+        return app, persister, False
