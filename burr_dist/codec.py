@@ -127,7 +127,7 @@ def decode_snapshot(blob: bytes, *, key: str, partition_key: str | None) -> Pers
             version=version,
         )
     try:
-        state = State.deserialize(doc["state"])
+        state: State = State.deserialize(doc["state"])
         return PersistedStateData(
             partition_key=partition_key,  # type: ignore[typeddict-item]
             app_id=doc["app"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -41,7 +42,7 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get("REDIS_URL") or DEFAULT_URL
 
 
-def _client_kwargs(socket_timeout: float) -> dict[str, object]:
+def _client_kwargs(socket_timeout: float) -> dict[str, Any]:
     # Retries are ours (tenacity, with commit read-back), so the client itself retries nothing.
     return {
         "socket_timeout": socket_timeout,
@@ -54,7 +55,7 @@ def _client_kwargs(socket_timeout: float) -> dict[str, object]:
 def connect(url: str | None = None, *, socket_timeout: float = 5.0) -> redis.Redis:
     target = resolve_url(url)
     try:
-        return redis.Redis.from_url(target, **_client_kwargs(socket_timeout))  # type: ignore[arg-type]
+        return redis.Redis.from_url(target, **_client_kwargs(socket_timeout))
     except ValueError as e:
         raise ConfigurationError(f"invalid Redis URL {redact(target)!r}: {e}", url=redact(target)) from e
 
@@ -62,6 +63,6 @@ def connect(url: str | None = None, *, socket_timeout: float = 5.0) -> redis.Red
 def aconnect(url: str | None = None, *, socket_timeout: float = 5.0) -> aioredis.Redis:
     target = resolve_url(url)
     try:
-        return aioredis.Redis.from_url(target, **_client_kwargs(socket_timeout))  # type: ignore[arg-type]
+        return aioredis.Redis.from_url(target, **_client_kwargs(socket_timeout))
     except ValueError as e:
         raise ConfigurationError(f"invalid Redis URL {redact(target)!r}: {e}", url=redact(target)) from e

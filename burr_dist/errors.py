@@ -52,6 +52,7 @@ class AppNotRunnable(StoreError):
     """The app's status does not allow what was asked (resume of an app that is not waiting...)."""
 
     status: str
+    run_at_ms: int | None
 
 
 class StoreRewound(StoreError):
@@ -68,6 +69,9 @@ class LeaseError(BurrDistError):
 
 class LeaseNotHeld(LeaseError):
     """The lease is held by someone else, or this object never held it."""
+
+    holder: str
+    pttl_ms: int
 
 
 class LeaseLost(LeaseError):

@@ -48,6 +48,7 @@ class LeaseCore:
         self.token = ""
         self.fence = 0
         self.head: PersistedStateData | None = None
+        self.head_fresh = False  # head is the stored head until a persister of this lease commits
         self.deadline = 0.0
         self.lost_reason: str | None = None
         self.released = False
@@ -61,7 +62,9 @@ class LeaseCore:
         return self.ttl / 3
 
     def acquire_call(self) -> Call:
-        return self.store.acquire_call(self.partition_key, self.app_id, os.urandom(8).hex(), self.ttl_ms, self.worker)
+        return self.store.acquire_call(
+            self.partition_key, self.app_id, os.urandom(8).hex(), self.ttl_ms, self.worker
+        )
 
     def on_acquire(self, reply: Any, sent_at: float) -> None:
         result = self.store.read_acquire(reply, self.partition_key, self.app_id)
@@ -83,6 +86,7 @@ class LeaseCore:
                 run_at_ms=result.run_at_ms,
             )
         self.token, self.fence, self.head, self.job = result.token, result.fence, result.head, result.job
+        self.head_fresh = True
         self.deadline = sent_at + self.ttl
         log.debug("leased %s/%s fence=%s", self.partition_key, self.app_id, self.fence)
 

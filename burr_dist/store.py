@@ -221,7 +221,9 @@ class StoreCore:
         _, token, fence, head, blob, flat = reply
         k = self.keys(partition_key, app_id)
         state = (
-            codec.decode_snapshot(blob, key=f"{k.snaps}#{_s(head)}", partition_key=partition_key) if blob else None
+            codec.decode_snapshot(blob, key=f"{k.snaps}#{_s(head)}", partition_key=partition_key)
+            if blob
+            else None
         )
         job = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
         return Acquired(token=_s(token), fence=int(fence), head=state, job=job)
@@ -312,9 +314,11 @@ class RedisStore(StoreCore):
             return
         k = self.keys(partition_key, app_id)
         ms = int(seconds * 1000)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.pexpire(k.meta, ms).pexpire(k.snaps, ms)
-        self._with_retry(pipe.execute)
+
+        def expire() -> Any:  # a fresh pipeline per try: execute() empties it even when it fails
+            return self.client.pipeline(transaction=True).pexpire(k.meta, ms).pexpire(k.snaps, ms).execute()
+
+        self._with_retry(expire)
 
     def _with_retry(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -395,9 +399,16 @@ class AsyncRedisStore(StoreCore):
             return
         k = self.keys(partition_key, app_id)
         ms = int(seconds * 1000)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.pexpire(k.meta, ms).pexpire(k.snaps, ms)
-        await self._with_retry(pipe.execute)
+
+        async def expire() -> Any:  # a fresh pipeline per try: execute() empties it even when it fails
+            return (
+                await self.client.pipeline(transaction=True)
+                .pexpire(k.meta, ms)
+                .pexpire(k.snaps, ms)
+                .execute()
+            )
+
+        await self._with_retry(expire)
 
     async def _with_retry(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 
 from burr.core import ApplicationBuilder, State, action, expr
 
@@ -48,7 +49,9 @@ def approval(ctx: AppContext) -> ApplicationBuilder:
     return (
         ApplicationBuilder()
         .with_actions(outline=outline, write_draft=write_draft, human_review=human_review, publish=publish)
-        .with_transitions(("outline", "write_draft"), ("write_draft", "human_review"), ("human_review", "publish"))
+        .with_transitions(
+            ("outline", "write_draft"), ("write_draft", "human_review"), ("human_review", "publish")
+        )
     )
 
 
@@ -110,8 +113,13 @@ def async_research(ctx: AppContext) -> ApplicationBuilder:
 
 
 # (d) N trivial steps --------------------------------------------------------------------------
+STEP_DELAY = float(os.environ.get("BURR_DIST_EXAMPLE_STEP_DELAY", "0"))
+
+
 @action(reads=["n"], writes=["n"])
 def tick(state: State) -> State:
+    if STEP_DELAY:
+        time.sleep(STEP_DELAY)  # stands in for real work, so a demo can kill a worker mid-app
     return state.update(n=state["n"] + 1)
 
 
