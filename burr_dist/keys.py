@@ -106,7 +106,7 @@ class KeySchema:
     prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prefix, str) or not _PREFIX_RE.match(self.prefix):
+        if not isinstance(self.prefix, str) or not _PREFIX_RE.fullmatch(self.prefix):
             raise ConfigurationError(
                 f"invalid key prefix {self.prefix!r}: use letters, digits, '_', '.', '-' "
                 "in ':'-separated parts (no braces, glob characters or spaces)",

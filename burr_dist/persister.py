@@ -27,7 +27,6 @@ class PersisterCore:
         self.store = store
         self.lease = lease
         self._last_saved: tuple[str | None, str, int] | None = None
-        self._head_fresh = lease is not None  # the lease's head is current until our first commit
         self.last_commit: Committed | None = None
 
     def commit_call(
@@ -40,7 +39,9 @@ class PersisterCore:
         status: str,
     ) -> Call | None:
         if self._last_saved == (partition_key, app_id, sequence_id):
-            # The same object registered twice (as persister and as hook): Burr calls us twice.
+            # The same object registered twice (as persister and as hook): Burr calls us twice, one
+            # after the other (sync) or concurrently (async hooks run under asyncio.gather); the
+            # save is claimed below before it is sent, and given back by on_failure.
             log.debug("duplicate save of %s at %s ignored", app_id, sequence_id)
             return None
         token = ""
@@ -59,14 +60,21 @@ class PersisterCore:
             state=state,
             max_bytes=self.store.config.max_state_bytes,
         )
-        return self.store.commit_call(
+        call = self.store.commit_call(
             partition_key, app_id, sequence_id, position, status, blob, write_id, token
         )
+        self._last_saved = (partition_key, app_id, sequence_id)
+        return call
 
     def on_commit(self, reply: Any, partition_key: str | None, app_id: str, sequence_id: int) -> None:
         self.last_commit = self.store.read_commit(reply, partition_key, app_id, sequence_id)
         self._last_saved = (partition_key, app_id, sequence_id)
-        self._head_fresh = False
+        if self.lease is not None:
+            self.lease.head_fresh = False
+
+    def on_failure(self, partition_key: str | None, app_id: str, sequence_id: int) -> None:
+        if self._last_saved == (partition_key, app_id, sequence_id):
+            self._last_saved = None
 
     def before_try(self) -> None:
         if self.lease is not None:
@@ -79,7 +87,7 @@ class PersisterCore:
         lease = self.lease
         if (
             lease is not None
-            and self._head_fresh
+            and lease.head_fresh
             and sequence_id is None
             and lease.app_id == app_id
             and lease.partition_key == partition_key
@@ -127,8 +135,12 @@ class RedisPersister(BaseStatePersister):
     ) -> None:
         call = self.core.commit_call(partition_key, app_id, sequence_id, position, state, status)
         if call is not None:
-            reply = self.store.run(call, before_try=self.core.before_try)
-            self.core.on_commit(reply, partition_key, app_id, sequence_id)
+            try:
+                reply = self.store.run(call, before_try=self.core.before_try)
+                self.core.on_commit(reply, partition_key, app_id, sequence_id)
+            except BaseException:
+                self.core.on_failure(partition_key, app_id, sequence_id)
+                raise
 
 
 class AsyncRedisPersister(AsyncBaseStatePersister):
@@ -170,5 +182,9 @@ class AsyncRedisPersister(AsyncBaseStatePersister):
     ) -> None:
         call = self.core.commit_call(partition_key, app_id, sequence_id, position, state, status)
         if call is not None:
-            reply = await self.store.run(call, before_try=self.core.before_try)
-            self.core.on_commit(reply, partition_key, app_id, sequence_id)
+            try:
+                reply = await self.store.run(call, before_try=self.core.before_try)
+                self.core.on_commit(reply, partition_key, app_id, sequence_id)
+            except BaseException:
+                self.core.on_failure(partition_key, app_id, sequence_id)
+                raise

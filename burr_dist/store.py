@@ -316,7 +316,10 @@ class RedisStore(StoreCore):
         ms = int(seconds * 1000)
 
         def expire() -> Any:  # a fresh pipeline per try: execute() empties it even when it fails
-            return self.client.pipeline(transaction=True).pexpire(k.meta, ms).pexpire(k.snaps, ms).execute()
+            pipe = self.client.pipeline(transaction=True)
+            pipe.pexpire(k.meta, ms)
+            pipe.pexpire(k.snaps, ms)
+            return pipe.execute()
 
         self._with_retry(expire)
 
@@ -401,12 +404,10 @@ class AsyncRedisStore(StoreCore):
         ms = int(seconds * 1000)
 
         async def expire() -> Any:  # a fresh pipeline per try: execute() empties it even when it fails
-            return (
-                await self.client.pipeline(transaction=True)
-                .pexpire(k.meta, ms)
-                .pexpire(k.snaps, ms)
-                .execute()
-            )
+            pipe = self.client.pipeline(transaction=True)
+            pipe.pexpire(k.meta, ms)
+            pipe.pexpire(k.snaps, ms)
+            return await pipe.execute()
 
         await self._with_retry(expire)
 

@@ -1,0 +1,170 @@
+"""Faults between the client and Redis, injected by a real TCP proxy: a commit whose reply is
+lost was applied on the server; the store's retry must recognise its own write (no duplicate
+step, no false conflict)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import redis
+from burr.core import State
+
+from burr_dist import (
+    AsyncRedisPersister,
+    AsyncRedisStore,
+    Lease,
+    RedisPersister,
+    RedisStore,
+    RedisUnavailable,
+    StoreConfig,
+)
+from burr_dist.connection import RetryPolicy, aconnect, connect
+from burr_dist.embedded import EmbeddedServer
+from burr_dist.keys import KeySchema
+from tests.support.proxy import FaultProxy
+
+PK, APP = "user-1", "a1"
+KEYS = KeySchema("burr").app(PK, APP)
+FAST_RETRY = RetryPolicy(attempts=4, initial=0.01, maximum=0.05, deadline=3.0)
+
+
+@pytest.fixture
+def proxy(server: EmbeddedServer) -> Iterator[FaultProxy]:
+    with FaultProxy(server.port) as p:
+        yield p
+
+
+def proxied_store(proxy: FaultProxy, socket_timeout: float = 2.0) -> RedisStore:
+    store = RedisStore(connect(proxy.url, socket_timeout=socket_timeout), StoreConfig(retry=FAST_RETRY))
+    replies: list[bool] = []
+    real = store.read_commit
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        committed = real(*args, **kwargs)
+        replies.append(committed.replayed)
+        return committed
+
+    store.read_commit = recording  # type: ignore[method-assign]
+    store.replays = replies  # type: ignore[attr-defined]
+    return store
+
+
+def save(p, seq: int, **state) -> None:  # type: ignore[no-untyped-def]
+    p.save(PK, APP, seq, "inc", State(state), "completed")
+
+
+def stored(client: redis.Redis) -> dict[int, dict]:
+    return {int(k): orjson.loads(v) for k, v in client.hgetall(KEYS.snaps).items()}
+
+
+def test_lost_commit_reply_is_retried_without_a_duplicate_step(
+    proxy: FaultProxy, client: redis.Redis
+) -> None:
+    store = proxied_store(proxy)
+    p = RedisPersister(store)
+    save(p, 0, n=1)
+    assert proxy.stats["connections"] == 1
+
+    proxy.set_mode("drop_reply")
+    save(p, 1, n=2, tag="through-a-lost-reply")  # succeeds: the retry finds its own write
+
+    assert proxy.stats["dropped_replies"] == 1
+    assert proxy.stats["connections"] == 2  # the retry came on a new connection
+    assert store.replays == [False, True]
+    assert int(client.hget(KEYS.meta, "head")) == 1  # advanced by exactly one
+    snaps = stored(client)
+    assert sorted(snaps) == [0, 1]
+    assert snaps[1]["state"]["tag"] == "through-a-lost-reply"
+    assert client.hget(KEYS.meta, "wid").decode() == snaps[1]["w"]  # the write that was retried
+
+    save(p, 2, n=3)  # the next step goes on normally
+    assert int(client.hget(KEYS.meta, "head")) == 2
+    assert store.replays == [False, True, False]
+    assert store.load(PK, APP)["state"]["n"] == 3
+
+
+def test_lost_reply_under_a_lease(proxy: FaultProxy, client: redis.Redis) -> None:
+    store = proxied_store(proxy)
+    with Lease(store, PK, APP, ttl=5) as lease:
+        p = lease.persister
+        save(p, 0, n=1)
+        proxy.set_mode("drop_reply")
+        save(p, 1, n=2)
+        save(p, 2, n=3)
+    assert proxy.stats["dropped_replies"] == 1
+    assert store.replays == [False, True, False]
+    assert sorted(stored(client)) == [0, 1, 2]
+    assert client.exists(KEYS.lease) == 0
+
+
+def test_reset_mid_command_is_not_applied_and_is_retried(proxy: FaultProxy, client: redis.Redis) -> None:
+    store = proxied_store(proxy)
+    p = RedisPersister(store)
+    save(p, 0, n=1)
+    proxy.set_mode("reset")
+    save(p, 1, n=2)
+    assert proxy.stats["resets"] == 1
+    assert store.replays == [False, False]  # the first attempt never ran on the server
+    assert int(client.hget(KEYS.meta, "head")) == 1
+    assert sorted(stored(client)) == [0, 1]
+
+
+def test_expire_app_survives_a_reset(proxy: FaultProxy, client: redis.Redis) -> None:
+    store = proxied_store(proxy)
+    save(RedisPersister(store), 0, n=1)
+    proxy.set_mode("reset")
+    store.expire_app(PK, APP, 60)
+    assert proxy.stats["resets"] == 1
+    assert 0 < client.pttl(KEYS.meta) <= 60_000
+    assert 0 < client.pttl(KEYS.snaps) <= 60_000
+
+
+def test_blackhole_gives_redis_unavailable_and_writes_nothing(proxy: FaultProxy, client: redis.Redis) -> None:
+    store = proxied_store(proxy, socket_timeout=0.3)
+    p = RedisPersister(store)
+    save(p, 0, n=1)
+    proxy.set_mode("blackhole")
+    started = time.monotonic()
+    with pytest.raises(RedisUnavailable):
+        save(p, 1, n=2)
+    assert time.monotonic() - started < 5
+    assert proxy.stats["blackholed_chunks"] >= 1
+    assert int(client.hget(KEYS.meta, "head")) == 0
+
+    proxy.set_mode("pass")
+    proxy.close_all()
+    save(p, 1, n=2)
+    assert int(client.hget(KEYS.meta, "head")) == 1
+
+
+def test_delay_is_applied(proxy: FaultProxy) -> None:
+    store = proxied_store(proxy)
+    p = RedisPersister(store)
+    save(p, 0, n=1)
+    proxy.set_mode("delay", seconds=0.2)
+    started = time.monotonic()
+    assert store.load(PK, APP)["sequence_id"] == 0
+    assert time.monotonic() - started >= 0.4  # request and reply each held 0.2 s
+    proxy.set_mode("pass")
+    started = time.monotonic()
+    save(p, 1, n=2)
+    assert time.monotonic() - started < 0.2
+
+
+async def test_async_lost_commit_reply(proxy: FaultProxy, client: redis.Redis) -> None:
+    ac = aconnect(proxy.url, socket_timeout=2.0)
+    store = AsyncRedisStore(ac, StoreConfig(retry=FAST_RETRY))
+    p = AsyncRedisPersister(store)
+    try:
+        await p.save(PK, APP, 0, "inc", State({"n": 1}), "completed")
+        proxy.set_mode("drop_reply")
+        await p.save(PK, APP, 1, "inc", State({"n": 2}), "completed")
+        await p.save(PK, APP, 2, "inc", State({"n": 3}), "completed")
+    finally:
+        await ac.aclose()
+    assert proxy.stats["dropped_replies"] == 1
+    assert int(client.hget(KEYS.meta, "head")) == 2
+    assert [s["state"]["n"] for _, s in sorted(stored(client).items())] == [1, 2, 3]
