@@ -34,7 +34,7 @@ def start_worker(url: str, n: int) -> subprocess.Popen[bytes]:
            "BURR_DIST_EXAMPLE_FAIL_RATE": "0.3", "PYTHONPATH": str(ROOT)}  # fmt: skip
     args = [sys.executable, "-m", "burr_dist.cli", "--prefix", PREFIX, "worker", "examples.apps",
             "--concurrency", "6", "--lease-ttl", str(LEASE_TTL), "--sweep-interval", str(SWEEP),
-            "--max-steps-per-claim", "5", "--worker-id", f"demo-worker-{n}", "--log-level", "ERROR"]  # fmt: skip
+            "--max-steps-per-claim", "5", "--worker-id", f"demo-worker-{n}", "--log-level", "CRITICAL"]  # fmt: skip
     return subprocess.Popen(args, cwd=ROOT, env=env)
 
 
