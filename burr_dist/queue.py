@@ -26,8 +26,8 @@ import redis.asyncio as aioredis
 
 from burr_dist.errors import AppNotFound, AppNotRunnable, ConfigurationError, SnapshotNotFound
 from burr_dist.keys import KeySchema, check_id, partition_of
-from burr_dist.store import AsyncRedisStore, Call, RedisStore, StoreConfig, StoreCore, _s
 from burr_dist.scripts import script
+from burr_dist.store import AsyncRedisStore, Call, RedisStore, StoreConfig, StoreCore, _s
 
 STATUSES = ("queued", "running", "waiting", "completed", "failed", "cancelled")
 DEFAULT_QUEUE = "default"
@@ -109,10 +109,14 @@ class FleetCore(StoreCore):
         return Call(script("control"), (k.job, k.meta), (op, inputs))
 
     @staticmethod
-    def read_control(reply: Sequence[Any], op: str, partition_key: str | None, app_id: str) -> tuple[int, str, int | None, str]:
+    def read_control(
+        reply: Sequence[Any], op: str, partition_key: str | None, app_id: str
+    ) -> tuple[int, str, int | None, str]:
         code = int(reply[0])
         if code == -1:
-            raise AppNotFound(f"no app {app_id!r} in partition {partition_of(partition_key)!r}", app_id=app_id)
+            raise AppNotFound(
+                f"no app {app_id!r} in partition {partition_of(partition_key)!r}", app_id=app_id
+            )
         status = _s(reply[1])
         if code == 0:
             raise AppNotRunnable(
@@ -127,7 +131,15 @@ class FleetCore(StoreCore):
         attempts: str = "keep", error: str = "", waiting_for: str = "", consumed: bool = False,
     ) -> Call:  # fmt: skip
         k = self.keys(partition_key, app_id)
-        args = (token, status, int(delay * 1000), attempts, error[:4000], waiting_for, "1" if consumed else "0")
+        args = (
+            token,
+            status,
+            int(delay * 1000),
+            attempts,
+            error[:4000],
+            waiting_for,
+            "1" if consumed else "0",
+        )
         return Call(script("settle"), (k.lease, k.job), args)
 
     def claim_call(self, queue: str, n: int, claim_ms: int) -> Call:
@@ -144,7 +156,9 @@ class FleetCore(StoreCore):
     def heartbeat_call(self, worker_id: str, ttl_ms: int, fields: dict[str, str]) -> Call:
         flat = [x for kv in fields.items() for x in kv]
         return Call(
-            script("heartbeat"), (self.schema.workers(), self.schema.worker(worker_id)), (worker_id, ttl_ms, *flat)
+            script("heartbeat"),
+            (self.schema.workers(), self.schema.worker(worker_id)),
+            (worker_id, ttl_ms, *flat),
         )
 
 
@@ -171,7 +185,9 @@ class FleetClient(FleetCore, RedisStore):
 
         return cls(connect(url), StoreConfig(**config))
 
-    def enqueue(self, name: str, app_id: str | None = None, partition_key: str | None = None, **kw: Any) -> Enqueued:
+    def enqueue(
+        self, name: str, app_id: str | None = None, partition_key: str | None = None, **kw: Any
+    ) -> Enqueued:
         return self.enqueue_many([EnqueueRequest(name, app_id, partition_key, **kw)])[0]
 
     def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[Enqueued]:
@@ -185,7 +201,11 @@ class FleetClient(FleetCore, RedisStore):
         pipe = self.client.pipeline(transaction=False)
         for res, (_, req) in zip(results, calls):
             if res.status == "queued" and res.run_at_ms is not None:
-                pipe.zadd(self.schema.queue(req.queue).ready, {self.schema.member(res.partition_key, res.app_id): res.run_at_ms}, nx=True)
+                pipe.zadd(
+                    self.schema.queue(req.queue).ready,
+                    {self.schema.member(res.partition_key, res.app_id): res.run_at_ms},
+                    nx=True,
+                )
         self._with_retry(pipe.execute)
         return results
 
@@ -199,12 +219,16 @@ class FleetClient(FleetCore, RedisStore):
         code, status, run_at, queue = self.read_control(reply, op, partition_key, app_id)
         member = self.schema.member(partition_key, app_id)
         if status == "queued" and run_at is not None:
-            self._with_retry(lambda: self.client.zadd(self.schema.queue(queue).ready, {member: run_at}, nx=True))
+            self._with_retry(
+                lambda: self.client.zadd(self.schema.queue(queue).ready, {member: run_at}, nx=True)
+            )
         elif status == "cancelled":
             self._with_retry(self.client.zrem, self.schema.queue(queue).ready, member)
         return "cancel_requested" if code == 2 else status
 
-    def resume(self, app_id: str, inputs: dict[str, Any] | None = None, partition_key: str | None = None) -> str:
+    def resume(
+        self, app_id: str, inputs: dict[str, Any] | None = None, partition_key: str | None = None
+    ) -> str:
         """Make a waiting app runnable with ``inputs`` for the action it waits for."""
         return self._control("resume", app_id, partition_key, json_object(inputs or {}, "inputs"))
 
@@ -216,12 +240,16 @@ class FleetClient(FleetCore, RedisStore):
         """Run a failed (or cancelled) app again from its last committed step."""
         return self._control("retry", app_id, partition_key)
 
-    def fork(self, app_id: str, at: int | None, new_app_id: str | None = None, partition_key: str | None = None) -> Enqueued:
+    def fork(
+        self, app_id: str, at: int | None, new_app_id: str | None = None, partition_key: str | None = None
+    ) -> Enqueued:
         """Queue a new app that continues from ``app_id``'s snapshot ``at`` (head when None)."""
         job = self.job(app_id, partition_key)
         found = self.load(partition_of(partition_key), app_id, at)
         if found is None:
-            raise SnapshotNotFound(f"app {app_id!r} has no committed step to fork from", app_id=app_id, sequence_id=at)
+            raise SnapshotNotFound(
+                f"app {app_id!r} has no committed step to fork from", app_id=app_id, sequence_id=at
+            )
         return self.enqueue(
             job["name"], new_app_id, partition_key, queue=job.get("queue") or DEFAULT_QUEUE,
             fork_from=(partition_of(partition_key), app_id, found["sequence_id"]),
@@ -230,7 +258,9 @@ class FleetClient(FleetCore, RedisStore):
     def job(self, app_id: str, partition_key: str | None = None) -> dict[str, Any]:
         raw = self._with_retry(self.client.hgetall, self.keys(partition_of(partition_key), app_id).job)
         if not raw:
-            raise AppNotFound(f"no app {app_id!r} in partition {partition_of(partition_key)!r}", app_id=app_id)
+            raise AppNotFound(
+                f"no app {app_id!r} in partition {partition_of(partition_key)!r}", app_id=app_id
+            )
         return parse_job(raw)
 
     def show(self, app_id: str, partition_key: str | None = None) -> dict[str, Any]:
@@ -291,12 +321,18 @@ class FleetClient(FleetCore, RedisStore):
         pipe = self.client.pipeline(transaction=False)
         for wid in ids:
             pipe.hgetall(self.schema.worker(_s(wid)))
-        return [{_s(a): _s(b) for a, b in raw.items()} | {"id": _s(w)} for w, raw in zip(ids, self._with_retry(pipe.execute)) if raw]
+        return [
+            {_s(a): _s(b) for a, b in raw.items()} | {"id": _s(w)}
+            for w, raw in zip(ids, self._with_retry(pipe.execute))
+            if raw
+        ]
 
     def queues(self) -> list[str]:
         from burr_dist.keys import decode_id
 
-        found = self._with_retry(lambda: list(self.client.scan_iter(match=f"{self.config.prefix}:q{{*}}:*", count=1000)))
+        found = self._with_retry(
+            lambda: list(self.client.scan_iter(match=f"{self.config.prefix}:q{{*}}:*", count=1000))
+        )
         names = {decode_id(_s(k)[len(self.config.prefix) + 3 :].split("}")[0]) for k in found}
         return sorted(names | {DEFAULT_QUEUE})
 
@@ -339,13 +375,17 @@ class AsyncFleetClient(FleetCore, AsyncRedisStore):
     def __init__(self, client: aioredis.Redis, config: StoreConfig | None = None) -> None:
         AsyncRedisStore.__init__(self, client, config)
 
-    async def enqueue(self, name: str, app_id: str | None = None, partition_key: str | None = None, **kw: Any) -> Enqueued:
+    async def enqueue(
+        self, name: str, app_id: str | None = None, partition_key: str | None = None, **kw: Any
+    ) -> Enqueued:
         req = EnqueueRequest(name, app_id, partition_key, **kw)
         call, app, pk = self.enqueue_call(req)
         res = self.read_enqueue(await self.run(call), app, pk)
         if res.status == "queued" and res.run_at_ms is not None:
             member = self.schema.member(pk, app)
-            await self._with_retry(lambda: self.client.zadd(self.schema.queue(req.queue).ready, {member: res.run_at_ms}, nx=True))
+            await self._with_retry(
+                lambda: self.client.zadd(self.schema.queue(req.queue).ready, {member: res.run_at_ms}, nx=True)
+            )
         return res
 
     async def _control(self, op: str, app_id: str, partition_key: str | None, inputs: bytes = b"") -> str:
@@ -353,12 +393,16 @@ class AsyncFleetClient(FleetCore, AsyncRedisStore):
         code, status, run_at, queue = self.read_control(reply, op, partition_key, app_id)
         member = self.schema.member(partition_key, app_id)
         if status == "queued" and run_at is not None:
-            await self._with_retry(lambda: self.client.zadd(self.schema.queue(queue).ready, {member: run_at}, nx=True))
+            await self._with_retry(
+                lambda: self.client.zadd(self.schema.queue(queue).ready, {member: run_at}, nx=True)
+            )
         elif status == "cancelled":
             await self._with_retry(self.client.zrem, self.schema.queue(queue).ready, member)
         return "cancel_requested" if code == 2 else status
 
-    async def resume(self, app_id: str, inputs: dict[str, Any] | None = None, partition_key: str | None = None) -> str:
+    async def resume(
+        self, app_id: str, inputs: dict[str, Any] | None = None, partition_key: str | None = None
+    ) -> str:
         return await self._control("resume", app_id, partition_key, json_object(inputs or {}, "inputs"))
 
     async def cancel(self, app_id: str, partition_key: str | None = None) -> str:

@@ -28,8 +28,17 @@ from burr_dist.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("claimed", "step_committed", "parked", "completed", "failed", "retry_scheduled",
-          "cancelled", "lease_lost", "handed_back")
+EVENTS = (
+    "claimed",
+    "step_committed",
+    "parked",
+    "completed",
+    "failed",
+    "retry_scheduled",
+    "cancelled",
+    "lease_lost",
+    "handed_back",
+)
 
 
 @dataclass(frozen=True)
@@ -100,11 +109,19 @@ class Registry:
         retry: RetryPolicy | None = None,
         queue: str = "default",
     ) -> Callable[[Callable[[AppContext], ApplicationBuilder]], Callable[[AppContext], ApplicationBuilder]]:
-        def register(factory: Callable[[AppContext], ApplicationBuilder]) -> Callable[[AppContext], ApplicationBuilder]:
+        def register(
+            factory: Callable[[AppContext], ApplicationBuilder],
+        ) -> Callable[[AppContext], ApplicationBuilder]:
             if name in self.apps:
                 raise ConfigurationError(f"app name {name!r} is registered twice", name=name)
             self.apps[name] = AppSpec(
-                name, factory, entrypoint, dict(default_state or {}), tuple(halt_before), retry or RetryPolicy(), queue
+                name,
+                factory,
+                entrypoint,
+                dict(default_state or {}),
+                tuple(halt_before),
+                retry or RetryPolicy(),
+                queue,
             )
             return factory
 
@@ -148,7 +165,9 @@ def load_registry(target: str) -> Registry:
     try:
         module = importlib.import_module(module_name)
     except Exception as e:
-        raise ConfigurationError(f"cannot import app module {module_name!r}: {e!r}", module=module_name) from e
+        raise ConfigurationError(
+            f"cannot import app module {module_name!r}: {e!r}", module=module_name
+        ) from e
     if attr:
         found = getattr(module, attr, None)
         if not isinstance(found, Registry):

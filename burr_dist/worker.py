@@ -86,7 +86,9 @@ class Worker:
         self.max_seconds = max_seconds_per_claim
         self.poll_interval = poll_interval
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._pool = ThreadPoolExecutor(max_workers=threads or concurrency, thread_name_prefix="burr-dist-step")
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads or concurrency, thread_name_prefix="burr-dist-step"
+        )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._held: dict[str, str] = {}  # member -> queue, while this worker runs the app
         self._stop = asyncio.Event() if False else None  # created in run() on the right loop
@@ -135,7 +137,9 @@ class Worker:
         for q in self.queues:
             self.fleet.schema.queue(q)
         background = asyncio.create_task(self._background())
-        log.info("worker %s started: queues=%s concurrency=%d", self.id, ",".join(self.queues), self.concurrency)
+        log.info(
+            "worker %s started: queues=%s concurrency=%d", self.id, ",".join(self.queues), self.concurrency
+        )
         try:
             await self._claim_loop()
             if self._tasks:
@@ -167,6 +171,12 @@ class Worker:
                     members = []
                 for raw in members:
                     member = raw.decode() if isinstance(raw, bytes) else raw
+                    if member in self._tasks:
+                        # We already run it (a stale duplicate entry reached ready): the claim
+                        # just re-created the active entry our touches keep alive. A second task
+                        # would replace the first in _tasks, which is then neither counted, nor
+                        # touched, nor awaited (nor handed back) on shutdown.
+                        continue
                     self._held[member] = queue
                     task = asyncio.create_task(self._handle(queue, member))
                     self._tasks[member] = task
@@ -175,7 +185,9 @@ class Worker:
             if claimed == 0 or len(self._tasks) >= self.concurrency:
                 waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._stop.wait())}
                 waits |= set(self._tasks.values())
-                done, _ = await asyncio.wait(waits, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    waits, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                )
                 for w in waits:
                     if w not in self._tasks.values() and not w.done():
                         w.cancel()
@@ -223,7 +235,9 @@ class Worker:
             pipe.zadd(q.ready, {member: run_at_ms}, nx=True)
         await self.fleet._with_retry(pipe.execute)
 
-    async def _emit(self, kind: str, spec_name: str, lease: AsyncLease, app: Application | None, error: str | None = None) -> None:
+    async def _emit(
+        self, kind: str, spec_name: str, lease: AsyncLease, app: Application | None, error: str | None = None
+    ) -> None:
         await self.registry.emit(FleetEvent(
             kind=kind, name=spec_name, app_id=lease.app_id, partition_key=lease.partition_key,
             sequence_id=app.sequence_id if app is not None else None,
@@ -266,7 +280,12 @@ class Worker:
         await self._ack(queue, member, status, run_at)
 
     async def _settle(self, lease: AsyncLease, status: str, **kw: Any) -> tuple[str, int | None]:
-        reply = await self.fleet.run(self.fleet.settle_call(lease.partition_key, lease.app_id, lease.token, status, **kw))
+        # While we hold the lease nobody else changes attempts, so our count is the truth; it
+        # differs from the stored one once a step of this claim committed after failures.
+        kw.setdefault("attempts", str(int(lease.job.get("attempts") or 0)))
+        reply = await self.fleet.run(
+            self.fleet.settle_call(lease.partition_key, lease.app_id, lease.token, status, **kw)
+        )
         await lease.detach()
         if int(reply[0]) == 0:
             from burr_dist.errors import LeaseLost
@@ -323,13 +342,18 @@ class Worker:
                 if is_async:
                     action, _, state = await app.astep(inputs=step_inputs)  # type: ignore[misc]
                 else:
-                    action, _, state = await loop.run_in_executor(self._pool, lambda: app.step(inputs=step_inputs))  # type: ignore[misc]
+                    action, _, state = await loop.run_in_executor(
+                        self._pool, lambda: app.step(inputs=step_inputs)
+                    )  # type: ignore[misc]
             except Exception as e:
                 return await self._action_failed(spec, lease, app, persister, is_async, nxt.name, e, consumed)
             await self._save(persister, is_async, lease, app.sequence_id, action.name, state, "completed")
             if pending_obj is not None:
                 pending_obj, consumed = None, True
             steps += 1
+            # A committed step ends a run of failures: attempts count consecutive failures (the
+            # settles of this claim send the count it holds, see _settle).
+            lease.job["attempts"] = "0"
             await self._emit("step_committed", name, lease, app)
             last = persister.core.last_commit
             if last is not None and last.cancel_requested:
@@ -350,15 +374,29 @@ class Worker:
         text = f"{type(error).__name__}: {error}"
         if attempts < spec.retry.max_attempts:
             result = await self._settle(
-                lease, "queued", delay=spec.retry.delay(attempts), attempts="incr", error=text, consumed=consumed
+                lease,
+                "queued",
+                delay=spec.retry.delay(attempts),
+                attempts=str(attempts),
+                error=text,
+                consumed=consumed,
             )
             await self._emit("retry_scheduled", spec.name, lease, app, text)
         else:
-            result = await self._settle(lease, "failed", attempts="incr", error=text, consumed=consumed)
+            result = await self._settle(lease, "failed", attempts=str(attempts), error=text, consumed=consumed)
             await self._emit("failed", spec.name, lease, app, text)
         return result
 
-    async def _save(self, persister: Any, is_async: bool, lease: AsyncLease, seq: int | None, position: str, state: Any, status: str) -> None:
+    async def _save(
+        self,
+        persister: Any,
+        is_async: bool,
+        lease: AsyncLease,
+        seq: int | None,
+        position: str,
+        state: Any,
+        status: str,
+    ) -> None:
         assert seq is not None
         if is_async:
             await persister.save(lease.partition_key, lease.app_id, seq, position, state, status)
@@ -367,12 +405,16 @@ class Worker:
                 self._pool, persister.save, lease.partition_key, lease.app_id, seq, position, state, status
             )
 
-    async def _build(self, spec: AppSpec, lease: AsyncLease, job: dict[str, str]) -> tuple[Application, Any, bool]:
+    async def _build(
+        self, spec: AppSpec, lease: AsyncLease, job: dict[str, str]
+    ) -> tuple[Application, Any, bool]:
         import orjson
 
         builder = spec.factory(AppContext(spec.name, lease.app_id, lease.partition_key))
         is_async = any(a.is_async() for a in builder.graph_builder.actions)
-        persister: Any = AsyncRedisPersister(self.fleet, lease) if is_async else RedisPersister(self.sync_store, lease)
+        persister: Any = (
+            AsyncRedisPersister(self.fleet, lease) if is_async else RedisPersister(self.sync_store, lease)
+        )
         state = {**spec.default_state, **(orjson.loads(job["state"]) if job.get("state") else {})}
         fork: dict[str, Any] = {}
         if lease.head is None and job.get("fork_app"):

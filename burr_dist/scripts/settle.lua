@@ -5,7 +5,7 @@
 -- ARGV[1] token        the worker's lease token
 -- ARGV[2] status       queued | waiting | completed | failed | cancelled
 -- ARGV[3] delay_ms     for queued: run again no earlier than server time + delay
--- ARGV[4] attempts     "reset" | "incr" | "keep" (consecutive failed attempts)
+-- ARGV[4] attempts     "reset" | "incr" | "keep" | a count to store (consecutive failed attempts)
 -- ARGV[5] error        last error text ("" leaves it)
 -- ARGV[6] waiting_for  action awaiting input, for waiting
 -- ARGV[7] consumed     "1" when the pending inputs were used by a committed step
@@ -26,6 +26,8 @@ if ARGV[4] == 'reset' then
   redis.call('HSET', KEYS[2], 'attempts', 0)
 elseif ARGV[4] == 'incr' then
   redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+elseif tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[2], 'attempts', tonumber(ARGV[4]))
 end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[2], 'last_error', ARGV[5])
