@@ -77,11 +77,10 @@ class EmbeddedServer:
         return args + self.extra
 
     def start(self, timeout: float = 10.0) -> EmbeddedServer:
-        log = open(os.path.join(self.dir, "server.log"), "ab")
-        self.proc = subprocess.Popen(
-            self.args(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
+        with open(os.path.join(self.dir, "server.log"), "ab") as log:
+            self.proc = subprocess.Popen(
+                self.args(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         give_up = time.monotonic() + timeout
         while True:

@@ -270,10 +270,8 @@ class AsyncLease(LeaseCore):
     async def release(self) -> bool:
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
         if self.released:
             return False
         self.released = True

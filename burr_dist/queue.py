@@ -193,13 +193,13 @@ class FleetClient(FleetCore, RedisStore):
     def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[Enqueued]:
         """Two round trips for any number of apps: the records, then the queue entries."""
         calls = [(self.enqueue_call(r), r) for r in requests]
-        pipe = self.client.pipeline(transaction=False)
+        pipe: Any = self.client.pipeline(transaction=False)
         for (call, _, _), _ in calls:
             pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         replies = self._pipeline_with_scripts(pipe, {c.script for (c, _, _), _ in calls})
-        results = [self.read_enqueue(r, app, pk) for r, ((_, app, pk), _) in zip(replies, calls)]
+        results = [self.read_enqueue(r, app, pk) for r, ((_, app, pk), _) in zip(replies, calls, strict=True)]
         pipe = self.client.pipeline(transaction=False)
-        for res, (_, req) in zip(results, calls):
+        for res, (_, req) in zip(results, calls, strict=True):
             if res.status == "queued" and res.run_at_ms is not None:
                 pipe.zadd(
                     self.schema.queue(req.queue).ready,
@@ -267,7 +267,7 @@ class FleetClient(FleetCore, RedisStore):
         """The job record plus the stored head and the lease holder."""
         job = self.job(app_id, partition_key)
         k = self.keys(partition_of(partition_key), app_id)
-        pipe = self.client.pipeline(transaction=False)
+        pipe: Any = self.client.pipeline(transaction=False)
         pipe.hgetall(k.meta).get(k.lease).pttl(k.lease)
         meta, holder, pttl = self._with_retry(pipe.execute)
         meta = {_s(a): _s(b) for a, b in meta.items()}
@@ -305,7 +305,7 @@ class FleetClient(FleetCore, RedisStore):
             else f"{self.config.prefix}:{{{encode_id(partition_key)}}}:*:job"
         )
         keys = list(self._with_retry(lambda: list(self.client.scan_iter(match=pattern, count=1000))))
-        pipe = self.client.pipeline(transaction=False)
+        pipe: Any = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
         return [parse_job(raw) for raw in self._with_retry(pipe.execute) if raw]
@@ -318,12 +318,12 @@ class FleetClient(FleetCore, RedisStore):
 
     def workers(self) -> list[dict[str, Any]]:
         ids = self._with_retry(self.client.zrange, self.schema.workers(), 0, -1)
-        pipe = self.client.pipeline(transaction=False)
+        pipe: Any = self.client.pipeline(transaction=False)
         for wid in ids:
             pipe.hgetall(self.schema.worker(_s(wid)))
         return [
             {_s(a): _s(b) for a, b in raw.items()} | {"id": _s(w)}
-            for w, raw in zip(ids, self._with_retry(pipe.execute))
+            for w, raw in zip(ids, self._with_retry(pipe.execute), strict=True)
             if raw
         ]
 
@@ -345,7 +345,7 @@ class FleetClient(FleetCore, RedisStore):
         queues = {}
         for name in self.queues():
             q = self.schema.queue(name)
-            pipe = self.client.pipeline(transaction=False)
+            pipe: Any = self.client.pipeline(transaction=False)
             pipe.zcard(q.ready).zcard(q.active).zrange(q.ready, 0, 0, withscores=True)
             ready, active, oldest = self._with_retry(pipe.execute)
             queues[name] = {"ready": ready, "active": active,
@@ -360,11 +360,11 @@ class FleetClient(FleetCore, RedisStore):
                 continue
             q = self.schema.queue(job.get("queue") or DEFAULT_QUEUE)
             member = self.schema.member(job["partition_key"], job["app_id"])
-            pipe = self.client.pipeline(transaction=False)
+            pipe: Any = self.client.pipeline(transaction=False)
             pipe.zscore(q.ready, member).zscore(q.active, member)
             ready, active = self._with_retry(pipe.execute)
             if ready is None and active is None:
-                self._with_retry(lambda: self.client.zadd(q.ready, {member: job.get("run_at", 0)}, nx=True))
+                self._with_retry(self.client.zadd, q.ready, {member: job.get("run_at", 0)}, True)  # nx
                 fixed += 1
         return fixed
 
@@ -382,9 +382,9 @@ class AsyncFleetClient(FleetCore, AsyncRedisStore):
         call, app, pk = self.enqueue_call(req)
         res = self.read_enqueue(await self.run(call), app, pk)
         if res.status == "queued" and res.run_at_ms is not None:
-            member = self.schema.member(pk, app)
+            member, run_at = self.schema.member(pk, app), res.run_at_ms
             await self._with_retry(
-                lambda: self.client.zadd(self.schema.queue(req.queue).ready, {member: res.run_at_ms}, nx=True)
+                lambda: self.client.zadd(self.schema.queue(req.queue).ready, {member: run_at}, nx=True)
             )
         return res
 

@@ -89,7 +89,7 @@ class FleetEvent:
     error: str | None = None
 
 
-Hook = Callable[[FleetEvent], "None | Awaitable[None]"]
+Hook = Callable[[FleetEvent], "Awaitable[None] | None"]
 
 
 class Registry:

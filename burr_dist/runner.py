@@ -23,7 +23,7 @@ from burr_dist.lease import DEFAULT_TTL, AsyncLease, Lease
 from burr_dist.persister import AsyncRedisPersister, RedisPersister
 from burr_dist.store import AsyncRedisStore, RedisStore
 
-Built = Union[Application, ApplicationBuilder]
+Built = Union[Application, ApplicationBuilder]  # noqa: UP007 (a runtime alias on Python 3.10)
 Factory = Callable[[RedisPersister, str, "str | None"], Built]
 AsyncFactory = Callable[[AsyncRedisPersister, str, "str | None"], Built | Awaitable[Built]]
 

@@ -100,6 +100,25 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _pipeline_refill(fn: Callable[..., Any]) -> Callable[[], None]:
+    """For a pipeline's ``execute``: a function that puts its commands back before a retry.
+
+    redis-py empties a pipeline's command stack when execute() ends, even when it failed, so a
+    retried execute() would silently send nothing and return [].
+    """
+    owner = getattr(fn, "__self__", None)
+    stack = getattr(owner, "command_stack", None)
+    if getattr(fn, "__name__", "") != "execute" or not isinstance(stack, list):
+        return lambda: None
+    saved = list(stack)
+
+    def refill() -> None:
+        if not owner.command_stack:  # type: ignore[union-attr]
+            owner.command_stack.extend(saved)  # type: ignore[union-attr]
+
+    return refill
+
+
 class StoreCore:
     """Pure logic shared by the sync and async stores: builds calls, reads replies."""
 
@@ -324,9 +343,12 @@ class RedisStore(StoreCore):
         self._with_retry(expire)
 
     def _with_retry(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call ``fn`` with our retry policy. Only for idempotent commands and pipelines of them."""
+        refill = _pipeline_refill(fn)
         try:
             for attempt in Retrying(**self.retrying_kwargs()):
                 with attempt:
+                    refill()
                     return fn(*args)
         except TRANSIENT as e:
             raise RedisUnavailable(f"Redis unreachable: {e}") from e
@@ -412,9 +434,12 @@ class AsyncRedisStore(StoreCore):
         await self._with_retry(expire)
 
     async def _with_retry(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Async twin of RedisStore._with_retry."""
+        refill = _pipeline_refill(fn)
         try:
             async for attempt in AsyncRetrying(**self.retrying_kwargs()):
                 with attempt:
+                    refill()
                     return await fn(*args)
         except TRANSIENT as e:
             raise RedisUnavailable(f"Redis unreachable: {e}") from e

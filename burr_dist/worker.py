@@ -19,6 +19,7 @@ Crash points of one claim and how each recovers (queue keys and app keys are in 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -47,6 +48,23 @@ from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
 from burr_dist.store import RedisStore, StoreConfig
 
 log = logging.getLogger(__name__)
+
+
+class _ActionFailed(Exception):
+    """The Burr action raised (as opposed to the commit that follows it)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _step_and_commit(app: Application, persister: RedisPersister, lease: AsyncLease, inputs: Any) -> None:
+    try:
+        action, _, state = app.step(inputs=inputs)  # type: ignore[misc]
+    except Exception as e:
+        raise _ActionFailed(e) from e
+    assert app.sequence_id is not None
+    persister.save(lease.partition_key, lease.app_id, app.sequence_id, action.name, state, "completed")
 
 
 class Worker:
@@ -91,7 +109,7 @@ class Worker:
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._held: dict[str, str] = {}  # member -> queue, while this worker runs the app
-        self._stop = asyncio.Event() if False else None  # created in run() on the right loop
+        self._stop: asyncio.Event | None = None  # created in run(), on its loop
         self.stopping = False
         self.completed_claims = 0
 
@@ -180,19 +198,17 @@ class Worker:
                     self._held[member] = queue
                     task = asyncio.create_task(self._handle(queue, member))
                     self._tasks[member] = task
-                    task.add_done_callback(lambda _t, m=member: self._done(m))
+                    task.add_done_callback(functools.partial(self._forget, member))
                     claimed += 1
             if claimed == 0 or len(self._tasks) >= self.concurrency:
                 waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._stop.wait())}
                 waits |= set(self._tasks.values())
-                done, _ = await asyncio.wait(
-                    waits, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
-                )
+                await asyncio.wait(waits, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
                 for w in waits:
                     if w not in self._tasks.values() and not w.done():
                         w.cancel()
 
-    def _done(self, member: str) -> None:
+    def _forget(self, member: str, _task: asyncio.Task[None]) -> None:
         self._tasks.pop(member, None)
         self._held.pop(member, None)
         self.completed_claims += 1
@@ -340,14 +356,22 @@ class Worker:
             lease.check()
             try:
                 if is_async:
-                    action, _, state = await app.astep(inputs=step_inputs)  # type: ignore[misc]
+                    try:
+                        action, _, state = await app.astep(inputs=step_inputs)  # type: ignore[misc]
+                    except Exception as e:
+                        raise _ActionFailed(e) from e
+                    await persister.save(
+                        lease.partition_key, lease.app_id, app.sequence_id, action.name, state, "completed"
+                    )
                 else:
-                    action, _, state = await loop.run_in_executor(
-                        self._pool, lambda: app.step(inputs=step_inputs)
-                    )  # type: ignore[misc]
-            except Exception as e:
-                return await self._action_failed(spec, lease, app, persister, is_async, nxt.name, e, consumed)
-            await self._save(persister, is_async, lease, app.sequence_id, action.name, state, "completed")
+                    # Step and commit in one hand-off to the pool: each extra hop costs GIL contention.
+                    await loop.run_in_executor(
+                        self._pool, _step_and_commit, app, persister, lease, step_inputs
+                    )
+            except _ActionFailed as failed:
+                return await self._action_failed(
+                    spec, lease, app, persister, is_async, nxt.name, failed.error, consumed
+                )
             if pending_obj is not None:
                 pending_obj, consumed = None, True
             steps += 1
@@ -383,7 +407,9 @@ class Worker:
             )
             await self._emit("retry_scheduled", spec.name, lease, app, text)
         else:
-            result = await self._settle(lease, "failed", attempts=str(attempts), error=text, consumed=consumed)
+            result = await self._settle(
+                lease, "failed", attempts=str(attempts), error=text, consumed=consumed
+            )
             await self._emit("failed", spec.name, lease, app, text)
         return result
 
@@ -411,7 +437,12 @@ class Worker:
         import orjson
 
         builder = spec.factory(AppContext(spec.name, lease.app_id, lease.partition_key))
-        is_async = any(a.is_async() for a in builder.graph_builder.actions)
+        graph = builder.graph_builder
+        if graph is None:
+            raise ConfigurationError(
+                f"factory of {spec.name!r} returned a builder without actions", name=spec.name
+            )
+        is_async = any(a.is_async() for a in graph.actions)
         persister: Any = (
             AsyncRedisPersister(self.fleet, lease) if is_async else RedisPersister(self.sync_store, lease)
         )
@@ -420,7 +451,7 @@ class Worker:
         if lease.head is None and job.get("fork_app"):
             fork = {"fork_from_app_id": job["fork_app"], "fork_from_partition_key": job["fork_pk"],
                     "fork_from_sequence_id": int(job["fork_seq"])}  # fmt: skip
-        builder = builder.with_identifiers(app_id=lease.app_id, partition_key=lease.partition_key).initialize_from(
+        builder = builder.with_identifiers(app_id=lease.app_id, partition_key=lease.partition_key).initialize_from(  # type: ignore[arg-type]
             persister, resume_at_next_action=True, default_state=state,
             default_entrypoint=job.get("entrypoint") or spec.entrypoint, **fork,
         )  # fmt: skip
