@@ -139,16 +139,3 @@ def decode_snapshot(blob: bytes, *, key: str, partition_key: str | None) -> Pers
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CorruptSnapshot(f"snapshot in {key!r} is malformed: {e!r}", key=key) from e
-
-
-def snapshot_field(sequence_id: int) -> str:
-    return str(sequence_id)
-
-
-def peek_sequence(blob: bytes) -> int | None:
-    """Cheap look at a snapshot's sequence id, for listings; None when unreadable."""
-    try:
-        doc = orjson.loads(blob)
-        return int(doc["seq"])
-    except Exception:
-        return None
