@@ -37,6 +37,7 @@ from burr_dist.errors import (
     RedisUnavailable,
     SerializationError,
     SnapshotNotFound,
+    StoreRewound,
 )
 from burr_dist.keys import DEFAULT_PREFIX, KeySchema
 from burr_dist.queue import DEFAULT_QUEUE, STATUSES, Enqueued, EnqueueRequest, FleetClient
@@ -50,6 +51,7 @@ EXIT_NOT_FOUND = 3
 EXIT_NOT_ALLOWED = 4
 EXIT_UNREACHABLE = 5
 EXIT_BAD_INPUT = 6
+EXIT_STORE_REWOUND = 7
 
 ENQUEUE_CHUNK = 500  # apps per enqueue_many round (two Redis round trips each)
 
@@ -62,7 +64,9 @@ Exit codes:
   4  not allowed in the app's current status (e.g. resume of an app that is not waiting)
   5  Redis unreachable
   6  bad input or configuration: invalid JSON for --state/--inputs, unknown app name,
-     app module that fails to import, invalid id, prefix or Redis URL
+     app module that fails to import, invalid id, prefix or Redis URL, an evicting
+     maxmemory-policy (worker)
+  7  worker: Redis lost data (the store went back in time); the worker stopped committing
 
 \b
 Errors print one line on stderr. With --json, stdout holds one JSON document: the result, or
@@ -204,6 +208,8 @@ def classify(exc: Exception, url: str) -> tuple[int, str]:
         if not msg.startswith("cannot reach Redis"):
             msg = f"cannot reach Redis at {redact(url)} ({reason(exc)})"
         return EXIT_UNREACHABLE, msg
+    if isinstance(exc, StoreRewound):
+        return EXIT_STORE_REWOUND, str(exc)
     if isinstance(exc, (ConfigurationError, SerializationError)):
         return EXIT_BAD_INPUT, str(exc)
     if isinstance(exc, BurrDistError):
@@ -322,6 +328,11 @@ def main(ctx: click.Context, redis_url: str, prefix: str, as_json: bool) -> None
 )
 @click.option("--worker-id", default=None, help="[default: host-pid-random]")
 @click.option(
+    "--allow-evicting-redis",
+    is_flag=True,
+    help="Start even if Redis has an evicting maxmemory-policy (eviction can drop a live lease).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -338,6 +349,7 @@ def worker(
     max_seconds_per_claim: float,
     finished_ttl: float | None,
     worker_id: str | None,
+    allow_evicting_redis: bool,
     log_level: str,
 ) -> None:
     """Run a worker for the apps registered in MODULE.
@@ -375,6 +387,7 @@ def worker(
         max_seconds_per_claim=max_seconds_per_claim,
         finished_ttl=finished_ttl,
         worker_id=worker_id,
+        allow_evicting_redis=allow_evicting_redis,
     )
     check_redis(s.url).close()
     w.run_forever()

@@ -11,6 +11,8 @@ Layout (prefix ``burr``; ``P`` and ``A`` are the encoded partition key and app i
     burr:q{Q}:active     zset   claimed apps of queue Q, scored by claim deadline (server ms)
     burr:w{fleet}:workers   zset  worker ids, scored by last heartbeat (server ms)
     burr:w{fleet}:worker:W  hash  one worker's host, pid, queues, concurrency (expires)
+    burr:w{fleet}:epoch     hash  id (set once) and n (bumped by every heartbeat): a worker that
+                                  sees another id, or n go back, knows Redis lost data
 
 Everything of one partition shares the hash tag ``{P}``, so a commit (app keys plus the
 partition index) touches one Redis Cluster slot. The partition key is therefore the unit of
@@ -150,6 +152,9 @@ class KeySchema:
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:w{{fleet}}:worker:{encode_id(check_id('worker_id', worker_id))}"
+
+    def epoch(self) -> str:
+        return f"{self.prefix}:w{{fleet}}:epoch"
 
     def job_pattern(self) -> str:
         """SCAN MATCH pattern for job records (braces are not glob characters)."""

@@ -8,14 +8,18 @@ bound to a lease, that the lease is still current) before it writes anything.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from burr.core.persistence import AsyncBaseStatePersister, BaseStatePersister, PersistedStateData
 from burr.core.state import State
 
 from burr_dist import codec
+from burr_dist.errors import LeaseLost, SequenceConflict, StoreRewound
 from burr_dist.lease import LeaseCore
 from burr_dist.store import AsyncRedisStore, Call, Committed, RedisStore, StoreCore
+
+if TYPE_CHECKING:
+    from burr_dist.chaos.history import HistoryRecorder
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,8 @@ class PersisterCore:
         self.lease = lease
         self._last_saved: tuple[str | None, str, int] | None = None
         self.last_commit: Committed | None = None
+        self.history: HistoryRecorder | None = None  # chaos runs: every commit's invoke/complete
+        self._op: str | None = None
 
     def commit_call(
         self,
@@ -64,6 +70,13 @@ class PersisterCore:
             partition_key, app_id, sequence_id, position, status, blob, write_id, token
         )
         self._last_saved = (partition_key, app_id, sequence_id)
+        if self.history is not None:
+            from burr_dist.chaos.history import app_key, state_digest
+
+            digest = state_digest(state.get_all())
+            self._op = self.history.invoke(
+                "commit", app_key(partition_key, app_id), None, sequence_id, digest
+            )
         return call
 
     def on_commit(self, reply: Any, partition_key: str | None, app_id: str, sequence_id: int) -> None:
@@ -71,10 +84,54 @@ class PersisterCore:
         self._last_saved = (partition_key, app_id, sequence_id)
         if self.lease is not None:
             self.lease.head_fresh = False
+        self._record("ok")
 
-    def on_failure(self, partition_key: str | None, app_id: str, sequence_id: int) -> None:
+    def on_failure(
+        self, partition_key: str | None, app_id: str, sequence_id: int, error: BaseException
+    ) -> None:
+        """Undo the dedup claim; record the outcome; turn a head below what this lease already saw
+        into StoreRewound (while we hold the lease nobody else can commit, and no commit lowers
+        the head: only lost data can)."""
         if self._last_saved == (partition_key, app_id, sequence_id):
             self._last_saved = None
+        # Refused by the script: certainly not applied. Anything else (no reply...) may have been.
+        refused = isinstance(error, SequenceConflict) or (
+            isinstance(error, LeaseLost) and "holder" in error.context
+        )
+        self._record("failed" if refused else "unknown")
+        floor = self.known_head()
+        actual = getattr(error, "actual", None)
+        if (
+            isinstance(error, SequenceConflict)
+            and floor is not None
+            and actual is not None
+            and actual < floor
+        ):
+            raise StoreRewound(
+                f"app {app_id!r} (partition {partition_key!r}): Redis holds head {actual}, but this "
+                f"worker saw sequence {floor} stored under its current lease. Redis lost data "
+                "(restarted without persistence, restored an old backup, failed over to a lagging "
+                "replica); refusing to commit on top of it",
+                app_id=app_id,
+                partition_key=partition_key,
+                known=floor,
+                actual=actual,
+            ) from error
+
+    def known_head(self) -> int | None:
+        """The highest sequence this persister's lease knows was stored (None: unknown)."""
+        if self.lease is None:
+            return None
+        seen = [s for s in (
+            self.last_commit.sequence_id if self.last_commit is not None else None,
+            self.lease.head["sequence_id"] if self.lease.head is not None else None,
+        ) if s is not None]  # fmt: skip
+        return max(seen) if seen else None
+
+    def _record(self, outcome: Literal["ok", "failed", "unknown"]) -> None:
+        if self.history is not None and self._op is not None:
+            self.history.complete(self._op, outcome)
+            self._op = None
 
     def before_try(self) -> None:
         if self.lease is not None:
@@ -138,8 +195,8 @@ class RedisPersister(BaseStatePersister):
             try:
                 reply = self.store.run(call, before_try=self.core.before_try)
                 self.core.on_commit(reply, partition_key, app_id, sequence_id)
-            except BaseException:
-                self.core.on_failure(partition_key, app_id, sequence_id)
+            except BaseException as e:
+                self.core.on_failure(partition_key, app_id, sequence_id, e)
                 raise
 
 
@@ -185,6 +242,6 @@ class AsyncRedisPersister(AsyncBaseStatePersister):
             try:
                 reply = await self.store.run(call, before_try=self.core.before_try)
                 self.core.on_commit(reply, partition_key, app_id, sequence_id)
-            except BaseException:
-                self.core.on_failure(partition_key, app_id, sequence_id)
+            except BaseException as e:
+                self.core.on_failure(partition_key, app_id, sequence_id, e)
                 raise

@@ -15,6 +15,7 @@ Worker-side steps are described in burr_dist/worker.py.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -157,8 +158,8 @@ class FleetCore(StoreCore):
         flat = [x for kv in fields.items() for x in kv]
         return Call(
             script("heartbeat"),
-            (self.schema.workers(), self.schema.worker(worker_id)),
-            (worker_id, ttl_ms, *flat),
+            (self.schema.workers(), self.schema.worker(worker_id), self.schema.epoch()),
+            (worker_id, ttl_ms, os.urandom(8).hex(), *flat),
         )
 
 

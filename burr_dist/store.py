@@ -21,7 +21,7 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from burr_dist import codec
@@ -140,7 +140,7 @@ class StoreCore:
         p = self.config.retry
         return {
             "stop": stop_after_attempt(p.attempts) | stop_after_delay(p.deadline),
-            "wait": wait_exponential_jitter(initial=p.initial, max=p.maximum),
+            "wait": wait_random_exponential(multiplier=p.initial, max=p.maximum),  # full jitter
             "retry": retry_if_exception_type(TRANSIENT),
             "reraise": True,
         }

@@ -28,8 +28,9 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import redis
 from burr.core import Application
 
 from burr_dist.connection import aconnect, connect
@@ -38,14 +39,19 @@ from burr_dist.errors import (
     BurrDistError,
     ConfigurationError,
     LeaseError,
+    LeaseLost,
     LeaseNotHeld,
     SequenceConflict,
+    StoreRewound,
 )
 from burr_dist.lease import AsyncLease
 from burr_dist.persister import AsyncRedisPersister, RedisPersister
 from burr_dist.queue import DEFAULT_QUEUE, AsyncFleetClient
 from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
 from burr_dist.store import RedisStore, StoreConfig
+
+if TYPE_CHECKING:
+    from burr_dist.chaos.history import HistoryRecorder
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,8 @@ class Worker:
         poll_interval: float = 0.1,
         finished_ttl: float | None = None,
         worker_id: str | None = None,
+        allow_evicting_redis: bool = False,
+        history: HistoryRecorder | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1", concurrency=concurrency)
@@ -112,6 +120,12 @@ class Worker:
         self._stop: asyncio.Event | None = None  # created in run(), on its loop
         self.stopping = False
         self.completed_claims = 0
+        self.allow_evicting_redis = allow_evicting_redis
+        self.history = history
+        self._leases: dict[str, AsyncLease] = {}  # member -> lease, while held
+        self._epoch_id: str | None = None  # the store's epoch id and highest n seen (heartbeat.lua)
+        self._epoch = 0
+        self.fatal: StoreRewound | None = None
 
     @property
     def claim_ms(self) -> int:
@@ -154,6 +168,12 @@ class Worker:
         self.sync_store = RedisStore(connect(self.url), self.config)
         for q in self.queues:
             self.fleet.schema.queue(q)
+        try:
+            await self._check_eviction()
+        except BaseException:
+            await self.fleet.client.aclose()
+            self.sync_store.client.close()
+            raise
         background = asyncio.create_task(self._background())
         log.info(
             "worker %s started: queues=%s concurrency=%d", self.id, ",".join(self.queues), self.concurrency
@@ -173,6 +193,49 @@ class Worker:
             self.sync_store.client.close()
             self._pool.shutdown(wait=False)
             log.info("worker %s stopped after %d claims", self.id, self.completed_claims)
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def _check_eviction(self) -> None:
+        """An evicting maxmemory-policy can drop a live lease (or a snapshot): refuse to start."""
+        try:
+            policy = (await self.fleet.client.config_get("maxmemory-policy")).get("maxmemory-policy")
+        except redis.ResponseError as e:  # CONFIG is disabled on some managed services
+            log.warning(
+                "cannot read maxmemory-policy (%s): make sure it is noeviction; eviction can drop a "
+                "live lease and let two workers run one app", e,
+            )  # fmt: skip
+            return
+        if policy in (None, "noeviction"):
+            return
+        message = (
+            f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis would evict keys, "
+            "including live leases and snapshots, letting two workers run one app or losing state. "
+            "Set maxmemory-policy noeviction (redis-cli CONFIG SET maxmemory-policy noeviction)"
+        )
+        if not self.allow_evicting_redis:
+            raise ConfigurationError(
+                message + ", or start the worker with --allow-evicting-redis", policy=policy
+            )
+        log.warning("%s; starting anyway (allow_evicting_redis)", message)
+
+    def _epoch_problem(self, epoch_id: str, n: int) -> str | None:
+        key = self.fleet.schema.epoch()
+        if self._epoch_id is not None and epoch_id != self._epoch_id:
+            return f"the store's epoch id ({key}) changed from {self._epoch_id} to {epoch_id}"
+        if n <= self._epoch:
+            return f"the store's epoch counter ({key}) went back from {self._epoch} to {n}"
+        self._epoch_id, self._epoch = epoch_id, n
+        return None
+
+    def _rewound(self, error: StoreRewound) -> None:
+        """Redis lost data: stop committing anything, here and now, and exit with the error."""
+        if self.fatal is None:
+            self.fatal = error
+            log.critical("worker %s stops: %s", self.id, error)
+        for lease in list(self._leases.values()):
+            lease.mark_lost(f"store rewound: {error}")
+        self.request_stop()
 
     async def _claim_loop(self) -> None:
         assert self._stop is not None
@@ -211,6 +274,7 @@ class Worker:
     def _forget(self, member: str, _task: asyncio.Task[None]) -> None:
         self._tasks.pop(member, None)
         self._held.pop(member, None)
+        self._leases.pop(member, None)
         self.completed_claims += 1
 
     async def _background(self) -> None:
@@ -219,11 +283,21 @@ class Worker:
         last_sweep = 0.0
         while True:
             try:
-                await self.fleet.run(self.fleet.heartbeat_call(self.id, int(max(3 * every, self.lease_ttl) * 1000), {
+                _, epoch_id, epoch = await self.fleet.run(self.fleet.heartbeat_call(self.id, int(max(3 * every, self.lease_ttl) * 1000), {
                     "host": socket.gethostname(), "pid": str(os.getpid()), "queues": ",".join(self.queues),
                     "concurrency": str(self.concurrency), "running": str(len(self._tasks)),
                     "state": "stopping" if self.stopping else "running",
                 }))  # fmt: skip
+                problem = self._epoch_problem(epoch_id.decode(), int(epoch))
+                if problem:
+                    self._rewound(StoreRewound(
+                        f"{problem}: Redis lost data (restarted without persistence, restored an "
+                        "old backup, or failed over to a lagging replica). Committing now could run "
+                        "apps again from older state; check Redis persistence (appendonly yes) and "
+                        "restart the workers once the data is right",
+                        key=self.fleet.schema.epoch(), seen=self._epoch, actual=int(epoch),
+                    ))  # fmt: skip
+                    return
                 by_queue: dict[str, list[str]] = {}
                 for member, queue in list(self._held.items()):
                     by_queue.setdefault(queue, []).append(member)
@@ -263,23 +337,36 @@ class Worker:
     async def _handle(self, queue: str, member: str) -> None:
         pk, app_id = self.fleet.schema.parse_member(member)
         lease = AsyncLease(self.fleet, pk, app_id, self.lease_ttl, worker=self.id)
+        op = self._invoke("acquire", lease)
         try:
             await lease.acquire()
         except AppNotRunnable as e:
+            self._complete(op, "failed")
             # Terminal, waiting, cancelled or missing: the entry is stale. Not due yet: put it back.
             await self._ack(queue, member, "queued" if e.status == "scheduled" else None, e.run_at_ms)
             return
         except LeaseNotHeld as e:
+            self._complete(op, "failed")
             # Someone still holds it (a slow worker): try again once its lease would have expired.
             now_s, now_us = await self.fleet.client.time()
             await self._ack(queue, member, "queued", now_s * 1000 + now_us // 1000 + max(e.pttl_ms, 100))
             return
         except Exception:
+            self._complete(op, "unknown")
             log.exception("claim of %s failed", member)
             return  # the active entry is swept back after its deadline
+        self._complete(op, "ok", lease)
+        if self.fatal is not None:  # rewound while this acquire was in flight
+            lease.mark_lost(f"store rewound: {self.fatal}")
+        self._leases[member] = lease
         name = lease.job.get("name", "")
         try:
             outcome = await self._run_claim(lease, name)
+        except StoreRewound as e:
+            self._rewound(e)
+            await lease.detach()
+            await self._emit("lease_lost", name, lease, None, str(e))
+            return
         except LeaseError as e:
             log.warning("lease on %s lost: %s", member, e)
             await lease.detach()
@@ -295,17 +382,40 @@ class Worker:
         status, run_at = outcome
         await self._ack(queue, member, status, run_at)
 
+    def _invoke(self, op: str, lease: AsyncLease) -> str | None:
+        if self.history is None:
+            return None
+        from burr_dist.chaos.history import app_key
+
+        return self.history.invoke(op, app_key(lease.partition_key, lease.app_id))
+
+    def _complete(self, op_id: str | None, outcome: Any, lease: AsyncLease | None = None) -> None:
+        if self.history is None or op_id is None:
+            return
+        from burr_dist.chaos.history import state_digest
+
+        head = lease.head if lease is not None else None
+        if head is None:
+            self.history.complete(op_id, outcome)
+        else:
+            self.history.complete(op_id, outcome, head["sequence_id"], state_digest(head["state"].get_all()))
+
     async def _settle(self, lease: AsyncLease, status: str, **kw: Any) -> tuple[str, int | None]:
         # While we hold the lease nobody else changes attempts, so our count is the truth; it
         # differs from the stored one once a step of this claim committed after failures.
         kw.setdefault("attempts", str(int(lease.job.get("attempts") or 0)))
-        reply = await self.fleet.run(
-            self.fleet.settle_call(lease.partition_key, lease.app_id, lease.token, status, **kw)
-        )
+        lease.check()  # settle.lua checks the token too; this stops a worker that saw the store rewind
+        op = self._invoke("release", lease)
+        try:
+            reply = await self.fleet.run(
+                self.fleet.settle_call(lease.partition_key, lease.app_id, lease.token, status, **kw)
+            )
+        except BaseException:
+            self._complete(op, "unknown")
+            raise
+        self._complete(op, "ok" if int(reply[0]) else "failed")
         await lease.detach()
         if int(reply[0]) == 0:
-            from burr_dist.errors import LeaseLost
-
             raise LeaseLost(f"settle of {lease.app_id!r} refused: lease no longer ours", app_id=lease.app_id)
         settled = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
         if status == "completed" and self.config.finished_ttl:
@@ -446,6 +556,7 @@ class Worker:
         persister: Any = (
             AsyncRedisPersister(self.fleet, lease) if is_async else RedisPersister(self.sync_store, lease)
         )
+        persister.core.history = self.history
         state = {**spec.default_state, **(orjson.loads(job["state"]) if job.get("state") else {})}
         fork: dict[str, Any] = {}
         if lease.head is None and job.get("fork_app"):

@@ -62,6 +62,7 @@ class Event:
     head_seq: int | None = None
     snapshots: Mapping[int, str] | None = None  # final only: digest of each retained snapshot
     note: str | None = None
+    target: str | None = None  # faults: the worker it hit (a kill, a pause), if one
 
     def to_json(self) -> bytes:
         doc = {k: v for k, v in asdict(self).items() if v is not None}
@@ -108,6 +109,7 @@ class Op:
     outcome: str = "unknown"
     observed_seq: int | None = None
     note: str | None = None
+    target: str | None = None
 
 
 def _drop_partial_tail(fd: int) -> None:
@@ -152,6 +154,7 @@ class HistoryRecorder:
         digest: str | None = None,
         *,
         note: str | None = None,
+        target: str | None = None,
     ) -> str:
         """Record the start of ``op`` on ``app``; returns the id to pass to :meth:`complete`."""
         with self._lock:
@@ -159,7 +162,9 @@ class HistoryRecorder:
             op_id = f"{self._prefix}/{self._count}"
             self._pending[op_id] = (op, app)
         seqs = {"expected_seq": expected_seq, "new_seq": new_seq}
-        self._write(type="invoke", op_id=op_id, op=op, app=app, digest=digest, note=note, **seqs)
+        self._write(
+            type="invoke", op_id=op_id, op=op, app=app, digest=digest, note=note, target=target, **seqs
+        )
         return op_id
 
     def complete(
@@ -176,9 +181,10 @@ class HistoryRecorder:
         seen = {"observed_seq": observed_seq, "digest": digest}
         self._write(type="complete", op_id=op_id, op=op, app=app, outcome=outcome, **seen)
 
-    def fault(self, name: str, app: str = "") -> None:
-        """Record an injected fault (kill, partition, Redis restart...) so reports can count them."""
-        self.complete(self.invoke("fault", app, note=name), "ok")
+    def fault(self, name: str, app: str = "", target: str | None = None) -> None:
+        """Record an injected fault (kill, partition, Redis restart...) so reports can count them;
+        ``target``: the worker it hit, whose apps must then be recovered by others."""
+        self.complete(self.invoke("fault", app, note=name, target=target), "ok")
 
     def final(
         self, app: str, status: str, head_seq: int | None, digest: Mapping[int, str] | str | None
@@ -237,7 +243,9 @@ def operations(events: Iterable[Event]) -> list[Op]:
     for e in events:
         if e.type == "invoke" and e.op_id is not None:
             seqs = (e.expected_seq, e.new_seq, e.digest)
-            ops[e.op_id] = Op(e.op_id, e.op or "", e.app, e.worker, e.time_ns, *seqs, note=e.note)
+            ops[e.op_id] = Op(
+                e.op_id, e.op or "", e.app, e.worker, e.time_ns, *seqs, note=e.note, target=e.target
+            )
     for e in events:
         o = ops.get(e.op_id) if e.type == "complete" and e.op_id is not None else None
         if o is not None:
@@ -390,6 +398,55 @@ class _AppCheck:
 
 def _ids(ops: Iterable[Op]) -> str:
     return ", ".join(f"{o.op_id} ({o.worker}, {o.outcome})" for o in ops)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """How long an app held by a faulted worker waited until it was leased again."""
+
+    app: str
+    fault: str
+    target: str
+    seconds: float | None  # None: never leased again (the checker's final state says why)
+
+
+def recoveries(events: Iterable[Event]) -> list[Recovery]:
+    """For every fault aimed at a worker: each app that worker held at that moment (an acquire that
+    may have succeeded, with no release invoked since), and the time from the fault to the next ok
+    acquire of the app (by another worker, or by the target itself once a pause ended)."""
+    ops = operations(events)
+    by_app: dict[str, list[Op]] = defaultdict(list)
+    for o in ops:
+        if o.op in ("acquire", "release"):
+            by_app[o.app].append(o)
+    out: list[Recovery] = []
+    for f in (o for o in ops if o.op == "fault" and o.target):
+        assert f.target is not None
+        for app, app_ops in by_app.items():
+            holder_since: int | None = None
+            for o in app_ops:
+                if o.invoke_ns > f.invoke_ns:
+                    break
+                if o.worker != f.target:
+                    if o.op == "acquire" and o.outcome == "ok":
+                        holder_since = None  # someone else holds it now
+                elif o.op == "acquire" and o.outcome in ("ok", "unknown"):
+                    holder_since = o.invoke_ns
+                elif o.op == "release":
+                    holder_since = None
+            if holder_since is None:
+                continue
+            after = (
+                o.complete_ns
+                for o in app_ops
+                if o.op == "acquire"
+                and o.outcome == "ok"
+                and o.invoke_ns > f.invoke_ns
+            )
+            done = next(after, None)
+            wait = None if done is None else (done - f.invoke_ns) / 1e9
+            out.append(Recovery(app, f.note or "fault", f.target, wait))
+    return out
 
 
 def summary(events: Iterable[Event], anomalies: Iterable[Anomaly]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from burr_dist.chaos.history import (
     check,
     load_history,
     operations,
+    recoveries,
     state_digest,
     summary,
 )
@@ -421,3 +422,46 @@ def test_sigkilled_writer_leaves_a_readable_file(tmp_path: Path) -> None:
     events = load_history(path)
     assert len(events) > 100
     assert {o.outcome for o in operations(events)} == {"unknown"}
+
+
+# -- recovery times ---------------------------------------------------------------------------
+def _fault(h: H, target: str) -> None:
+    op_id = h.invoke("harness", "fault", "")
+    h.events[-1] = Event(**{**h.events[-1].__dict__, "note": "sigkill", "target": target})
+    h.complete("harness", op_id, "ok")
+
+
+def _op(h: H, w: str, op: str, outcome: str | None = "ok", app: str = "a") -> None:
+    op_id = h.invoke(w, op, app)
+    if outcome is not None:
+        h.complete(w, op_id, outcome)
+
+
+def test_recovery_is_time_from_fault_to_next_acquire() -> None:
+    h = H()
+    _op(h, "w1", "acquire")
+    _fault(h, "w1")  # invoked at t=30
+    _op(h, "w1", "commit", None)  # nothing: a dead worker's op never completes
+    _op(h, "w2", "acquire")  # completes at t=70 (each event is 10 ns after the previous)
+    (rec,) = recoveries(h.events)
+    assert (rec.app, rec.target, rec.fault) == ("a", "w1", "sigkill")
+    assert rec.seconds == (70 - 30) / 1e9
+
+
+def test_no_recovery_needed_when_released_or_taken_over_before_the_fault() -> None:
+    h = H()
+    _op(h, "w1", "acquire", app="released")
+    _op(h, "w1", "release", app="released")
+    _op(h, "w1", "acquire", app="taken")
+    _op(h, "w2", "acquire", app="taken")  # w1's lease had expired: w2 holds it now
+    _op(h, "w1", "acquire", outcome="failed", app="refused")
+    _fault(h, "w1")
+    assert recoveries(h.events) == []
+
+
+def test_unknown_acquire_counts_as_held_and_no_reacquire_is_none() -> None:
+    h = H()
+    _op(h, "w1", "acquire", outcome=None)  # died mid-acquire: it may hold the lease
+    _fault(h, "w1")
+    (rec,) = recoveries(h.events)
+    assert rec.seconds is None  # never leased again: a run reports it as a failure

@@ -16,6 +16,7 @@ Test apps registered here (``tests.support.fleet``):
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -33,6 +34,8 @@ import redis
 from burr.core import ApplicationBuilder, State, action, expr
 
 from burr_dist import FleetClient, Registry, RetryPolicy
+from burr_dist.cli import EXIT_STORE_REWOUND
+from burr_dist.errors import StoreRewound
 from burr_dist.registry import AppContext, FleetEvent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,6 +176,7 @@ def start_worker(
     concurrency: int = 8,
     poll_interval: float = 0.05,
     events_key: str | None = EVENTS_KEY,
+    history_dir: Path | None = None,
     env: dict[str, str] | None = None,
     wait_registered: bool = True,
     timeout: float = 20.0,
@@ -183,6 +187,7 @@ def start_worker(
         "registry": registry_module, "url": url, "worker_id": wid, "lease_ttl": lease_ttl,
         "sweep_interval": sweep_interval, "max_steps_per_claim": max_steps_per_claim,
         "concurrency": concurrency, "poll_interval": poll_interval, "events_key": events_key,
+        "history_dir": str(history_dir) if history_dir else None,
     }  # fmt: skip
     log_path = Path(log_dir) / f"worker-{wid}.log"
     child_env = {**os.environ, "BURR_DIST_TEST_URL": url, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -259,6 +264,7 @@ def main(argv: list[str]) -> int:
     from burr_dist.worker import Worker
 
     config = json.loads(argv[0])
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung worker shows where, in its log
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -268,6 +274,18 @@ def main(argv: list[str]) -> int:
     reg = next(v for v in vars(module).values() if isinstance(v, Registry))
     if config.get("events_key"):
         _install_event_hook(reg, config["url"], config["events_key"])
+    history = None
+    if config.get("history_dir"):
+        from burr_dist.chaos.history import HistoryRecorder
+
+        history = HistoryRecorder(
+            Path(config["history_dir"]) / f"{config['worker_id']}.jsonl", config["worker_id"]
+        )
+        # Modules that inject faults from inside the worker (tests/chaos/apps.py) record them too.
+        if hasattr(module, "RECORDER"):
+            module.RECORDER, module.WORKER_ID = history, config["worker_id"]
+    if os.environ.get("CHAOS_CLOCK_JUMP") and hasattr(module, "start_clock_jumps"):
+        module.start_clock_jumps()
     worker = Worker(
         reg,
         url=config["url"],
@@ -277,8 +295,13 @@ def main(argv: list[str]) -> int:
         max_steps_per_claim=config["max_steps_per_claim"],
         concurrency=config["concurrency"],
         poll_interval=config["poll_interval"],
+        history=history,
     )
-    worker.run_forever()
+    try:
+        worker.run_forever()
+    except StoreRewound as e:
+        logging.critical("worker exits: %s", e)
+        return EXIT_STORE_REWOUND
     return 0
 
 
