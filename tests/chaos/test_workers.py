@@ -6,10 +6,13 @@ from __future__ import annotations
 import random
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from burr_dist import FleetClient
+from burr_dist.chaos.history import load_history, operations
 from burr_dist.embedded import EmbeddedServer
 from tests.chaos.apps import POINTS
 from tests.chaos.harness import LARGE, LEASE_TTL, ChaosRun, size
@@ -79,3 +82,34 @@ def test_sigstop_past_ttl_at_each_boundary(chaos_server: EmbeddedServer, tmp_pat
     assert victim.alive() is False  # stopped by finish(), not crashed: check its log for errors
     assert "Traceback" not in victim.log() or "LeaseLost" in victim.log(), victim.log()[-3000:]
     report.assert_ok(min_faults=pauses)
+
+
+def test_wall_clock_jumps(chaos_server: EmbeddedServer, tmp_path: Path) -> None:
+    """Every worker's wall clock jumps by up to an hour either way, several times a second, while
+    workers are SIGKILLed: leases, deadlines and claim expiry use the monotonic clock and Redis
+    TIME, so nothing may change, recovery times included. (The machine's clock cannot be moved:
+    Redis shares it; the workers' time.time is shifted in-process, see tests/chaos/apps.py.)"""
+    apps, steps = size((30, 10))
+    rng = random.Random(11)
+    run = ChaosRun(
+        "worker wall clock jumps + SIGKILL", chaos_server, tmp_path, apps=apps, steps=steps,
+        delay=0.2, stagger=0.5, env={"CHAOS_CLOCK_JUMP": "1"},
+    )  # fmt: skip
+    with run:
+        for _ in range(3):
+            run.start_worker()
+        run.enqueue()
+        run.wait(240 if LARGE else 90, lambda: kill_randomly(run, rng, (0.5, 1.5)))
+        report = run.finish()
+        # The jumps reached the workers' code: snapshot timestamps (time.time_ns) are off by minutes.
+        fleet = FleetClient.from_url(chaos_server.url)
+        stamps = [
+            datetime.fromisoformat(step["created_at"]).timestamp()
+            for pk, app_id in run.apps[:5]
+            for step in fleet.history(app_id, pk)
+        ]
+        fleet.client.close()
+    assert max(abs(t - time.time()) for t in stamps) > 300, "the wall clock never jumped"
+    faults = [o.note or "" for o in operations(load_history(tmp_path / "history")) if o.op == "fault"]
+    assert sum(f.startswith("clock_jump") for f in faults) >= 10 and faults.count("sigkill") >= 3, faults
+    report.assert_ok(min_faults=3)

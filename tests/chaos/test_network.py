@@ -1,0 +1,65 @@
+"""Network faults between one worker and Redis, through the fault proxy (tests/support/proxy.py):
+every chunk delayed past the lease TTL, a black hole, a reply dropped after the server applied
+the command, a connection reset mid-command. The other workers talk to Redis directly."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from burr_dist.embedded import EmbeddedServer
+from tests.chaos.harness import LARGE, LEASE_TTL, ChaosRun, size
+from tests.support.proxy import FaultProxy
+
+pytestmark = pytest.mark.chaos
+
+LONG = ("delay", "blackhole")  # hold the victim off Redis for longer than its lease TTL
+
+
+@pytest.mark.parametrize("mode", ["delay", "blackhole", "drop_reply", "reset"])
+def test_network_faults(chaos_server: EmbeddedServer, tmp_path: Path, mode: str) -> None:
+    apps, steps = size((24, 10))
+    episodes = (6 if LARGE else 2) if mode in LONG else (60 if LARGE else 15)
+    with FaultProxy(chaos_server.port) as proxy:
+        run = ChaosRun(
+            f"network {mode.replace('_', ' ')}", chaos_server, tmp_path,
+            apps=apps, steps=steps, delay=0.1, stagger=0.5,
+        )  # fmt: skip
+        with run:
+            victim = run.start_worker(url=proxy.url)
+            for _ in range(2):
+                run.start_worker()
+            run.enqueue()
+            injected = 0
+            give_up = time.monotonic() + (300 if LARGE else 90)
+            while injected < episodes and not run.done() and time.monotonic() < give_up:
+                time.sleep(0.5 if mode in LONG else 0.15)
+                if mode in LONG:
+                    run.fault(mode, target=victim.id)  # its apps must move to the other workers
+                    proxy.set_mode(mode, seconds=LEASE_TTL * 1.5)
+                    time.sleep(LEASE_TTL * 1.5)
+                    proxy.set_mode("pass")
+                    if mode == "blackhole":
+                        proxy.close_all()  # it left connections out of step; delayed bytes still land
+                else:
+                    before = proxy.stats["dropped_replies" if mode == "drop_reply" else "resets"]
+                    proxy.set_mode(mode)  # one shot: the victim's next command
+                    deadline = time.monotonic() + 2
+                    while proxy.stats["dropped_replies" if mode == "drop_reply" else "resets"] == before:
+                        if time.monotonic() > deadline or run.done():
+                            break
+                        time.sleep(0.005)
+                    else:
+                        run.fault(mode)  # lands once the proxy did it
+                        injected += 1
+                        continue
+                    proxy.set_mode("pass")
+                    continue
+                injected += 1
+            run.wait(240 if LARGE else 90)
+            alive = victim.alive()
+            report = run.finish(note=f"{injected} x {mode}")
+    assert alive, f"the victim died:\n{victim.log()[-3000:]}"
+    report.assert_ok(min_faults=episodes if mode in LONG else 5)
