@@ -439,9 +439,7 @@ def recoveries(events: Iterable[Event]) -> list[Recovery]:
             after = (
                 o.complete_ns
                 for o in app_ops
-                if o.op == "acquire"
-                and o.outcome == "ok"
-                and o.invoke_ns > f.invoke_ns
+                if o.op == "acquire" and o.outcome == "ok" and o.invoke_ns > f.invoke_ns
             )
             done = next(after, None)
             wait = None if done is None else (done - f.invoke_ns) / 1e9

@@ -32,4 +32,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"{r.scenario:<34} {r.apps:>5} {r.steps:>6} {r.faults:>6} {r.anomalies:>9} {rec:>9} "
             f"{r.seconds:>5.1f}s  {r.note}"
         )
-    tr.write_line(f"recovery: longest wait of an app held by a killed or paused worker; bound {RECOVERY_BOUND:.1f} s")
+    tr.write_line(
+        f"recovery: longest wait of an app held by a killed or paused worker; bound {RECOVERY_BOUND:.1f} s"
+    )

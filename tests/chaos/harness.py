@@ -47,6 +47,12 @@ def size(small: tuple[int, int], large: tuple[int, int] = (200, 25)) -> tuple[in
     return large if LARGE else small
 
 
+def spread(small: float, large: float) -> float:
+    """A stagger for this run's size: large runs inject more faults, so their apps must keep
+    arriving for longer."""
+    return large if LARGE else small
+
+
 @dataclass
 class Row:
     scenario: str
@@ -130,7 +136,9 @@ class ChaosRun:
         ])  # fmt: skip
         self.started = time.monotonic()
 
-    def start_worker(self, *, url: str | None = None, env: dict[str, str] | None = None, wait: bool = True) -> WorkerProc:
+    def start_worker(
+        self, *, url: str | None = None, env: dict[str, str] | None = None, wait: bool = True
+    ) -> WorkerProc:
         w = start_worker(
             url or self.worker_url, self.tmp, registry_module="tests.chaos.apps", lease_ttl=LEASE_TTL,
             sweep_interval=SWEEP, max_steps_per_claim=self.max_steps, concurrency=self.concurrency,
@@ -201,7 +209,9 @@ class ChaosRun:
             if status == "running":
                 status = "held" if leased else "runnable"
             digests = {
-                int(seq): state_digest(decode_snapshot(blob, key=k.snaps, partition_key=pk)["state"].get_all())
+                int(seq): state_digest(
+                    decode_snapshot(blob, key=k.snaps, partition_key=pk)["state"].get_all()
+                )
                 for seq, blob in snaps.items()
             }
             finals[app_key(pk, app_id)] = FinalState(status, int(head) if head is not None else None, digests)

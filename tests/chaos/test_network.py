@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from burr_dist.embedded import EmbeddedServer
-from tests.chaos.harness import LARGE, LEASE_TTL, ChaosRun, size
+from tests.chaos.harness import LARGE, LEASE_TTL, ChaosRun, size, spread
 from tests.support.proxy import FaultProxy
 
 pytestmark = pytest.mark.chaos
@@ -25,7 +25,7 @@ def test_network_faults(chaos_server: EmbeddedServer, tmp_path: Path, mode: str)
     with FaultProxy(chaos_server.port) as proxy:
         run = ChaosRun(
             f"network {mode.replace('_', ' ')}", chaos_server, tmp_path,
-            apps=apps, steps=steps, delay=0.1, stagger=0.5,
+            apps=apps, steps=steps, delay=0.1, stagger=spread(0.5, 2.5),
         )  # fmt: skip
         with run:
             victim = run.start_worker(url=proxy.url)

@@ -18,7 +18,7 @@ from burr_dist.embedded import EmbeddedServer, find_server_binary
 from burr_dist.errors import ConfigurationError
 from burr_dist.worker import Worker
 from tests.chaos.apps import registry
-from tests.chaos.harness import LARGE, LEASE_TTL, RESULTS, ChaosRun, Row, size
+from tests.chaos.harness import LARGE, LEASE_TTL, RESULTS, ChaosRun, Row, size, spread
 from tests.conftest import KINDS
 from tests.support.fleet import ROOT, wait_until
 
@@ -37,7 +37,13 @@ def test_redis_sigkill_restart_with_aof(tmp_path: Path, fsync: str) -> None:
     kills = 8 if LARGE else 2
     with server(appendonly=fsync) as srv:
         run = ChaosRun(
-            f"redis SIGKILL, AOF {fsync}", srv, tmp_path, apps=apps, steps=steps, delay=0.1, stagger=0.5
+            f"redis SIGKILL, AOF {fsync}",
+            srv,
+            tmp_path,
+            apps=apps,
+            steps=steps,
+            delay=0.1,
+            stagger=spread(0.5, 2.0),
         )
         with run:
             for _ in range(3):
@@ -97,7 +103,15 @@ def test_redis_paused_past_the_ttl(tmp_path: Path, how: str) -> None:
     pause = LEASE_TTL * 1.6
     with server() as srv:
         admin = redis.Redis(port=srv.port)
-        run = ChaosRun(f"redis paused ({how})", srv, tmp_path, apps=apps, steps=steps, delay=0.1, stagger=0.5)
+        run = ChaosRun(
+            f"redis paused ({how})",
+            srv,
+            tmp_path,
+            apps=apps,
+            steps=steps,
+            delay=0.1,
+            stagger=spread(0.5, 3.0),
+        )
         with run:
             for _ in range(3):
                 run.start_worker()

@@ -15,19 +15,21 @@ from burr_dist import FleetClient
 from burr_dist.chaos.history import load_history, operations
 from burr_dist.embedded import EmbeddedServer
 from tests.chaos.apps import POINTS
-from tests.chaos.harness import LARGE, LEASE_TTL, ChaosRun, size
+from tests.chaos.harness import LARGE, LEASE_TTL, ChaosRun, size, spread
 
 pytestmark = pytest.mark.chaos
 
 
 def kill_randomly(run: ChaosRun, rng: random.Random, every: tuple[float, float]) -> None:
-    """One round of the SIGKILL loop: wait, kill a random worker, start a replacement."""
+    """One round of the SIGKILL loop: wait, kill a random worker, start a replacement and wait for
+    it to register. The survivors can hold every app (see ChaosRun), so the wait an app sees
+    measures recovery; killing faster than replacements start would measure lost capacity."""
     time.sleep(rng.uniform(*every))
     live = run.live()
     if run.done() or not live:
         return
     run.kill(rng.choice(live))
-    run.start_worker(wait=False)
+    run.start_worker(wait=True)
 
 
 def test_sigkill_workers(chaos_server: EmbeddedServer, tmp_path: Path) -> None:
@@ -57,7 +59,9 @@ def test_sigstop_past_ttl_at_each_boundary(chaos_server: EmbeddedServer, tmp_pat
     apps, steps = size((24, 8))
     pauses = 6 if LARGE else 2
     name = f"worker SIGSTOP {point.replace('_', ' ')}"
-    with ChaosRun(name, chaos_server, tmp_path, apps=apps, steps=steps, delay=0.2, stagger=1.5) as run:
+    with ChaosRun(
+        name, chaos_server, tmp_path, apps=apps, steps=steps, delay=0.2, stagger=spread(1.5, 3.5)
+    ) as run:
         victim = run.start_worker(env={"CHAOS_PAUSE_AT": point})
         for _ in range(2):
             run.start_worker()
