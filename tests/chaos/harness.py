@@ -75,11 +75,13 @@ class Report:
     recoveries: list[Recovery]
     summary: dict[str, Any]
     unfinished: dict[str, str] = field(default_factory=dict)
+    hung: list[str] = field(default_factory=list)
 
     def assert_ok(self, *, min_faults: int, recovery_bound: float | None = RECOVERY_BOUND) -> None:
         shown = "\n".join(f"  {a.kind} {a.app}: {a.detail}" for a in self.anomalies[:20])
         assert not self.anomalies, f"{len(self.anomalies)} anomalies:\n{shown}\nsummary: {self.summary}"
         assert not self.unfinished, f"apps not completed: {self.unfinished}"
+        assert not self.hung, f"workers ignored SIGTERM for 10 s (stacks in their logs): {self.hung}"
         assert self.row.faults >= min_faults, f"only {self.row.faults} faults injected: proves little"
         assert self.row.steps >= self.row.apps, f"only {self.row.steps} commits recorded"
         if recovery_bound is not None:
@@ -137,13 +139,18 @@ class ChaosRun:
         self.started = time.monotonic()
 
     def start_worker(
-        self, *, url: str | None = None, env: dict[str, str] | None = None, wait: bool = True
+        self,
+        *,
+        url: str | None = None,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        poll_interval: float = 0.05,
     ) -> WorkerProc:
         w = start_worker(
             url or self.worker_url, self.tmp, registry_module="tests.chaos.apps", lease_ttl=LEASE_TTL,
             sweep_interval=SWEEP, max_steps_per_claim=self.max_steps, concurrency=self.concurrency,
             events_key=None, history_dir=self.history_dir, env={**self.env, **(env or {})},
-            wait_registered=wait,
+            wait_registered=wait, poll_interval=poll_interval,
         )  # fmt: skip
         self.workers.append(w)
         return w
@@ -238,7 +245,7 @@ class ChaosRun:
         )  # fmt: skip
         RESULTS.append(row)
         self.fleet.client.close()
-        return Report(row, anomalies, recs, summ, unfinished)
+        return Report(row, anomalies, recs, summ, unfinished, self.hung)
 
     def __enter__(self) -> ChaosRun:
         return self
