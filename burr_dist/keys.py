@@ -54,7 +54,12 @@ def encode_id(value: str) -> str:
         if ch in _SAFE:
             out.append(ch)
         else:
-            out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
+            try:
+                out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
+            except UnicodeEncodeError:  # a lone surrogate: no UTF-8 form, so no key name either
+                raise ConfigurationError(
+                    f"id {value!r} is not valid Unicode text (lone surrogate {ch!r})", id=value
+                ) from None
     return "".join(out)
 
 

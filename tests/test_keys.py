@@ -146,3 +146,11 @@ def test_store_config_rejects_a_bad_prefix() -> None:
 
     with pytest.raises(ConfigurationError):
         StoreCore(StoreConfig(prefix="bad prefix"))
+
+
+@pytest.mark.parametrize("where", ["app_id", "partition_key"])
+def test_a_lone_surrogate_is_a_configuration_error(where: str) -> None:
+    bad = "chat-\ud800"  # e.g. from a JSON payload with a broken escape: no UTF-8 form exists
+    pk, app_id = (bad, "a") if where == "partition_key" else ("p", bad)
+    with pytest.raises(ConfigurationError, match="lone surrogate"):
+        KeySchema().app(pk, app_id)
