@@ -40,6 +40,7 @@ LARGE = os.environ.get("CHAOS_SIZE", "small") == "large"
 LEASE_TTL = 1.5
 SWEEP = 0.3
 RECOVERY_BOUND = LEASE_TTL + SWEEP + 1.0  # the issue's promise after a SIGKILL
+TIMEOUT = 240.0 if LARGE else 90.0  # for every app to complete once the faults stop
 
 
 def size(small: tuple[int, int], large: tuple[int, int] = (200, 25)) -> tuple[int, int]:
@@ -155,6 +156,21 @@ class ChaosRun:
         self.workers.append(w)
         return w
 
+    def launch(self, workers: int = 3) -> None:
+        """Start ``workers`` workers (each registered before the next), then enqueue the apps."""
+        for _ in range(workers):
+            self.start_worker()
+        self.enqueue()
+
+    def repeat(self, times: int, every: float, inject: Callable[[], None]) -> int:
+        """Call ``inject`` every ``every`` seconds, ``times`` times or until all apps completed."""
+        done = 0
+        while done < times and not self.done():
+            time.sleep(every)
+            inject()
+            done += 1
+        return done
+
     def live(self) -> list[WorkerProc]:
         return [w for w in self.workers if w.alive()]
 
@@ -179,7 +195,7 @@ class ChaosRun:
         except redis.RedisError:
             return False  # the scenario may be restarting Redis
 
-    def wait(self, timeout: float, between: Callable[[], None] | None = None) -> None:
+    def wait(self, timeout: float = TIMEOUT, between: Callable[[], None] | None = None) -> None:
         """Poll until every app completed (or ``timeout``), calling ``between`` each round."""
         give_up = time.monotonic() + timeout
         while not self.done() and time.monotonic() < give_up:

@@ -29,9 +29,7 @@ def test_network_faults(chaos_server: EmbeddedServer, tmp_path: Path, mode: str)
         )  # fmt: skip
         with run:
             victim = run.start_worker(url=proxy.url)
-            for _ in range(2):
-                run.start_worker()
-            run.enqueue()
+            run.launch(workers=2)
             injected = 0
             give_up = time.monotonic() + (300 if LARGE else 90)
             while injected < episodes and not run.done() and time.monotonic() < give_up:
@@ -58,7 +56,7 @@ def test_network_faults(chaos_server: EmbeddedServer, tmp_path: Path, mode: str)
                     proxy.set_mode("pass")
                     continue
                 injected += 1
-            run.wait(240 if LARGE else 90)
+            run.wait()
             alive = victim.alive()
             report = run.finish(note=f"{injected} x {mode}")
     assert alive, f"the victim died:\n{victim.log()[-3000:]}"

@@ -46,18 +46,16 @@ def test_redis_sigkill_restart_with_aof(tmp_path: Path, fsync: str) -> None:
             stagger=spread(0.5, 2.0),
         )
         with run:
-            for _ in range(3):
-                run.start_worker()
-            run.enqueue()
-            done_kills = 0
-            while done_kills < kills and not run.done():
-                time.sleep(1.0)
+            run.launch()
+
+            def kill_redis() -> None:
                 run.fault("redis sigkill")
                 srv.kill()
                 time.sleep(0.3)
                 srv.start()
-                done_kills += 1
-            run.wait(240 if LARGE else 90)
+
+            done_kills = run.repeat(kills, 1.0, kill_redis)
+            run.wait()
             dead = [w.id for w in run.workers if not w.alive()]
             report = run.finish(note=f"{done_kills} kills + restarts")
         assert not dead, f"workers died: {dead}"
@@ -113,12 +111,9 @@ def test_redis_paused_past_the_ttl(tmp_path: Path, how: str) -> None:
             stagger=spread(0.5, 3.0),
         )
         with run:
-            for _ in range(3):
-                run.start_worker()
-            run.enqueue()
-            done = 0
-            while done < pauses and not run.done():
-                time.sleep(1.0)
+            run.launch()
+
+            def pause_redis() -> None:
                 run.fault(f"redis {how} {pause:.1f}s")
                 if how == "sigstop":
                     srv.signal(signal.SIGSTOP)
@@ -127,8 +122,9 @@ def test_redis_paused_past_the_ttl(tmp_path: Path, how: str) -> None:
                 else:
                     admin.execute_command("CLIENT", "PAUSE", int(pause * 1000), "ALL")
                     time.sleep(pause)
-                done += 1
-            run.wait(240 if LARGE else 90)
+
+            done = run.repeat(pauses, 1.0, pause_redis)
+            run.wait()
             dead = [w.id for w in run.workers if not w.alive()]
             report = run.finish(note=f"{done} pauses of {pause:.1f}s")
         admin.close()

@@ -15,7 +15,7 @@ from burr_dist import FleetClient
 from burr_dist.chaos.history import load_history, operations
 from burr_dist.embedded import EmbeddedServer
 from tests.chaos.apps import POINTS
-from tests.chaos.harness import LARGE, LEASE_TTL, ChaosRun, size, spread
+from tests.chaos.harness import LARGE, LEASE_TTL, ChaosRun, Report, size, spread
 
 pytestmark = pytest.mark.chaos
 
@@ -32,18 +32,20 @@ def kill_randomly(run: ChaosRun, rng: random.Random, every: tuple[float, float])
     run.start_worker(wait=True)
 
 
-def test_sigkill_workers(chaos_server: EmbeddedServer, tmp_path: Path) -> None:
+def kill_run(name: str, server: EmbeddedServer, tmp: Path, seed: int, every: tuple[float, float],
+             env: dict[str, str] | None = None) -> tuple[ChaosRun, Report]:  # fmt: skip
+    """30 (small) or 200 apps on 3 workers, a random one SIGKILLed and replaced every ``every``."""
     apps, steps = size((30, 10))
-    rng = random.Random(7)
-    run = ChaosRun(
-        "worker SIGKILL", chaos_server, tmp_path, apps=apps, steps=steps, delay=spread(0.2, 0.5), stagger=0.5
-    )
+    rng = random.Random(seed)
+    run = ChaosRun(name, server, tmp, apps=apps, steps=steps, delay=spread(0.2, 0.5), stagger=0.5, env=env)
     with run:
-        for _ in range(3):
-            run.start_worker()
-        run.enqueue()
-        run.wait(240 if LARGE else 90, lambda: kill_randomly(run, rng, (0.3, 1.0)))
-        report = run.finish()
+        run.launch()
+        run.wait(between=lambda: kill_randomly(run, rng, every))
+        return run, run.finish()
+
+
+def test_sigkill_workers(chaos_server: EmbeddedServer, tmp_path: Path) -> None:
+    _, report = kill_run("worker SIGKILL", chaos_server, tmp_path, 7, (0.3, 1.0))
     report.assert_ok(min_faults=3)
 
 
@@ -83,7 +85,7 @@ def test_sigstop_past_ttl_at_each_boundary(chaos_server: EmbeddedServer, tmp_pat
             done_pauses += 1
             time.sleep(0.5)
         control.delete(f"chaos:arm:{victim.id}")
-        run.wait(240 if LARGE else 90)
+        run.wait()
         report = run.finish(note=f"{done_pauses} pauses of {LEASE_TTL * 1.5:.2f}s")
     assert victim.alive() is False  # stopped by finish(), not crashed: check its log for errors
     assert "Traceback" not in victim.log() or "LeaseLost" in victim.log(), victim.log()[-3000:]
@@ -95,26 +97,16 @@ def test_wall_clock_jumps(chaos_server: EmbeddedServer, tmp_path: Path) -> None:
     workers are SIGKILLed: leases, deadlines and claim expiry use the monotonic clock and Redis
     TIME, so nothing may change, recovery times included. (The machine's clock cannot be moved:
     Redis shares it; the workers' time.time is shifted in-process, see tests/chaos/apps.py.)"""
-    apps, steps = size((30, 10))
-    rng = random.Random(11)
-    run = ChaosRun(
-        "worker wall clock jumps + SIGKILL", chaos_server, tmp_path, apps=apps, steps=steps,
-        delay=spread(0.2, 0.5), stagger=0.5, env={"CHAOS_CLOCK_JUMP": "1"},
-    )  # fmt: skip
-    with run:
-        for _ in range(3):
-            run.start_worker()
-        run.enqueue()
-        run.wait(240 if LARGE else 90, lambda: kill_randomly(run, rng, (0.5, 1.5)))
-        report = run.finish()
-        # The jumps reached the workers' code: snapshot timestamps (time.time_ns) are off by minutes.
-        fleet = FleetClient.from_url(chaos_server.url)
-        stamps = [
-            datetime.fromisoformat(step["created_at"]).timestamp()
-            for pk, app_id in run.apps[:5]
-            for step in fleet.history(app_id, pk)
-        ]
-        fleet.client.close()
+    env = {"CHAOS_CLOCK_JUMP": "1"}
+    run, report = kill_run("worker wall clock jumps + SIGKILL", chaos_server, tmp_path, 11, (0.5, 1.5), env)
+    # The jumps reached the workers' code: snapshot timestamps (time.time_ns) are off by minutes.
+    fleet = FleetClient.from_url(chaos_server.url)
+    stamps = [
+        datetime.fromisoformat(step["created_at"]).timestamp()
+        for pk, app_id in run.apps[:5]
+        for step in fleet.history(app_id, pk)
+    ]
+    fleet.client.close()
     assert max(abs(t - time.time()) for t in stamps) > 300, "the wall clock never jumped"
     faults = [o.note or "" for o in operations(load_history(tmp_path / "history")) if o.op == "fault"]
     assert sum(f.startswith("clock_jump") for f in faults) >= 10 and faults.count("sigkill") >= 3, faults
