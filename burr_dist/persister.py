@@ -75,7 +75,7 @@ class PersisterCore:
 
             digest = state_digest(state.get_all())
             self._op = self.history.invoke(
-                "commit", app_key(partition_key, app_id), None, sequence_id, digest
+                "commit", app_key(partition_key, app_id), sequence_id - 1, sequence_id, digest
             )
         return call
 
