@@ -34,6 +34,7 @@ class PersisterCore:
         self.last_commit: Committed | None = None
         self.history: HistoryRecorder | None = None  # chaos runs: every commit's invoke/complete
         self._op: str | None = None
+        self._tries = 0  # sends of the current commit call (before_try counts them)
 
     def commit_call(
         self,
@@ -70,6 +71,7 @@ class PersisterCore:
             partition_key, app_id, sequence_id, position, status, blob, write_id, token
         )
         self._last_saved = (partition_key, app_id, sequence_id)
+        self._tries = 0
         if self.history is not None:
             from burr_dist.chaos.history import app_key, state_digest
 
@@ -94,11 +96,14 @@ class PersisterCore:
         the head: only lost data can)."""
         if self._last_saved == (partition_key, app_id, sequence_id):
             self._last_saved = None
-        # Refused by the script: certainly not applied. Anything else (no reply...) may have been.
-        refused = isinstance(error, SequenceConflict) or (
+        by_redis = isinstance(error, SequenceConflict) or (
             isinstance(error, LeaseLost) and "holder" in error.context
         )
-        self._record("failed" if refused else "unknown")
+        if by_redis and isinstance(error, LeaseLost) and self.lease is not None:
+            self.lease.mark_lost(f"Redis refused a commit: {error}")  # stop sending doomed saves
+        # Refused by the script on the only send: certainly not applied. After a retry the first
+        # send may have landed before the lease changed hands; anything else (no reply) may have.
+        self._record("failed" if by_redis and self._tries <= 1 else "unknown")
         floor = self.known_head()
         actual = getattr(error, "actual", None)
         if (
@@ -134,6 +139,7 @@ class PersisterCore:
             self._op = None
 
     def before_try(self) -> None:
+        self._tries += 1
         if self.lease is not None:
             self.lease.check()
 

@@ -5,7 +5,9 @@ step, no false conflict)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -16,10 +18,20 @@ from burr_dist import (
     AsyncRedisPersister,
     AsyncRedisStore,
     Lease,
+    LeaseLost,
     RedisPersister,
     RedisStore,
     RedisUnavailable,
     StoreConfig,
+)
+from burr_dist.chaos.history import (
+    FinalState,
+    HistoryRecorder,
+    app_key,
+    check,
+    load_history,
+    operations,
+    state_digest,
 )
 from burr_dist.connection import RetryPolicy, aconnect, connect
 from burr_dist.embedded import EmbeddedServer
@@ -168,3 +180,48 @@ async def test_async_lost_commit_reply(proxy: FaultProxy, client: redis.Redis) -
     assert proxy.stats["dropped_replies"] == 1
     assert int(client.hget(KEYS.meta, "head")) == 2
     assert [s["state"]["n"] for _, s in sorted(stored(client).items())] == [1, 2, 3]
+
+
+class _ReplyLostThenTakeover(RedisStore):
+    """Sends the first commit for real, then loses its reply, and while the worker is without an
+    answer its lease expires and another worker takes the app (``between``)."""
+
+    def __init__(self, client: redis.Redis, between: Callable[[], None]) -> None:
+        super().__init__(client, StoreConfig())
+        self.armed, self.between = True, between
+
+    def _eval(self, call: Any) -> Any:
+        reply = super()._eval(call)
+        if self.armed and call.script.name == "commit":
+            self.armed = False
+            self.between()
+            raise redis.ConnectionError("connection reset: reply lost")
+        return reply
+
+
+def test_refused_retry_of_an_applied_commit_is_recorded_unknown(
+    server: EmbeddedServer, client: redis.Redis, tmp_path: Path
+) -> None:
+    """The retry is refused (the lease moved on), but the first send landed: the history must say
+    'unknown', not 'failed', or the checker reports a stored state nobody wrote."""
+    keys = KeySchema("burr").app(PK, "chat")
+    rescuer = RedisStore(connect(server.url))
+
+    def takeover() -> None:
+        client.pexpire(keys.lease, 1)
+        while client.exists(keys.lease):
+            time.sleep(0.001)
+        Lease(rescuer, PK, "chat", ttl=30).acquire(auto_renew=False)
+
+    lease = Lease(_ReplyLostThenTakeover(connect(server.url), takeover), PK, "chat", ttl=30)
+    p = lease.acquire(auto_renew=False).persister
+    p.core.history = HistoryRecorder(tmp_path / "w0.jsonl", "w0")
+    with pytest.raises(LeaseLost):
+        p.save(PK, "chat", 0, "step", State({"by": "w0"}), "completed")
+    assert not lease.valid  # refused by Redis: the lease is known lost, no more doomed saves
+    head = rescuer.load(PK, "chat")
+    assert head is not None and head["state"]["by"] == "w0"  # the first send did land
+    events = load_history(tmp_path)
+    assert [(o.op, o.new_seq, o.outcome) for o in operations(events)] == [("commit", 0, "unknown")]
+    final = {app_key(PK, "chat"): FinalState("held", 0, {0: state_digest(head["state"].get_all())})}
+    assert check(events, final) == []
