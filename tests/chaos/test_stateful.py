@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -56,6 +57,7 @@ from burr_dist.connection import connect
 from burr_dist.embedded import EmbeddedServer, find_server_binary
 from burr_dist.keys import AppKeys, KeySchema
 from burr_dist.store import Call, Committed
+from tests.chaos.harness import RESULTS, Row
 
 pytestmark = pytest.mark.chaos
 
@@ -64,6 +66,8 @@ pytestmark = pytest.mark.chaos
 SIZES = {"small": (50, 30), "large": (300, 60)}
 EXAMPLES, STEPS = SIZES.get(os.environ.get("CHAOS_SIZE", "small"), SIZES["small"])
 KINDS = ["redis", "valkey"] if shutil.which("redis-server") else ["valkey"]
+
+TALLY: Counter[str] = Counter()  # for the make chaos table: ok commits, injected faults
 
 WORKERS = ("w0", "w1", "w2")
 APPS: tuple[tuple[str | None, str], ...] = (("tenant:{7}", "chat"), (None, "a:{b}* ü"))
@@ -299,6 +303,7 @@ class FencedStoreMachine(RuleBasedStateMachine):
             got = IGNORED
         assert got == expected, f"{w} save {m.app_id!r}@{seq}: got {got}, model says {expected}"
         if got == OK:
+            TALLY["commits"] += 1
             assert h.persister.core.last_commit == Committed(seq, replayed=False)
             m.commit(seq, snap)
             h.last_saved, h.head_fresh = seq, False
@@ -339,6 +344,7 @@ class FencedStoreMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def crash(self, data: st.DataObject) -> None:
         """The worker dies: its Lease object is gone, the lease key stays until it expires."""
+        TALLY["faults"] += 1
         w, a, _ = self.pick_handle(data)
         del self.handles[(w, a)]
 
@@ -346,12 +352,14 @@ class FencedStoreMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def expire(self, data: st.DataObject) -> None:
         """Redis expires the lease on its own clock; the holder's local deadline has not passed."""
+        TALLY["faults"] += 1
         self.drop_lease(data.draw(st.sampled_from(self.leased()), label="app"))
 
     @precondition(lambda self: any(self.takeovers(a) for a in self.leased()))
     @rule(data=st.data())
     def takeover(self, data: st.DataObject) -> None:
         """The classic zombie: the lease expires under its holder and another worker takes the app."""
+        TALLY["faults"] += 1
         a = data.draw(st.sampled_from([a for a in self.leased() if self.takeovers(a)]), label="app")
         w = data.draw(st.sampled_from(self.takeovers(a)), label="worker")
         self.drop_lease(a)
@@ -380,6 +388,7 @@ class FencedStoreMachine(RuleBasedStateMachine):
     )
     def pause(self, data: st.DataObject, delta: int, status: str) -> None:
         """Build a save's Call and keep it, as if the process stopped just before sending it."""
+        TALLY["faults"] += 1
         w, a, h = self.pick_handle(data)
         m = self.apps[a]
         seq = self.next_seq(m, delta)
@@ -405,6 +414,7 @@ class FencedStoreMachine(RuleBasedStateMachine):
     def replay(self, data: st.DataObject, times: int) -> None:
         """Send a kept Call (once, or twice in a row as after a lost reply): refused once the lease
         changed hands, recognised as its own write when it was already applied."""
+        TALLY["faults"] += 1
         p = data.draw(st.sampled_from(self.pending), label="pending call")
         m = self.apps[p.app]
         store = self.stores[p.worker]
@@ -475,6 +485,7 @@ def stateful_server(request: pytest.FixtureRequest) -> Iterator[EmbeddedServer]:
 
 @pytest.mark.timeout(1200)  # a failure is shrunk by re-running examples: minutes, not seconds
 def test_fenced_store_state_machine(stateful_server: EmbeddedServer) -> None:
+    started, TALLY["commits"], TALLY["faults"] = time.monotonic(), 0, 0
     config = StoreConfig(keep=KEEP)
     clients = [connect(stateful_server.url) for _ in range(len(WORKERS) + 1)]
     try:
@@ -492,3 +503,7 @@ def test_fenced_store_state_machine(stateful_server: EmbeddedServer) -> None:
     finally:
         for c in clients:
             c.close()
+    RESULTS.append(Row(
+        f"hypothesis state machine ({stateful_server.kind})", len(APPS), TALLY["commits"], TALLY["faults"], 0,
+        None, time.monotonic() - started, f"{EXAMPLES} examples x {STEPS} rules",
+    ))  # fmt: skip
