@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import redis
 from burr.core import Application
 
 from burr_dist.connection import aconnect, connect
@@ -48,6 +47,7 @@ from burr_dist.lease import AsyncLease
 from burr_dist.persister import AsyncRedisPersister, RedisPersister
 from burr_dist.queue import DEFAULT_QUEUE, AsyncFleetClient
 from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
+from burr_dist.safety import EpochWatch, check_eviction_policy
 from burr_dist.store import RedisStore, StoreConfig
 
 if TYPE_CHECKING:
@@ -123,8 +123,7 @@ class Worker:
         self.allow_evicting_redis = allow_evicting_redis
         self.history = history
         self._leases: dict[str, AsyncLease] = {}  # member -> lease, while held
-        self._epoch_id: str | None = None  # the store's epoch id and highest n seen (heartbeat.lua)
-        self._epoch = 0
+        self._epoch: EpochWatch | None = None  # created in run(), with the fleet's key schema
         self.fatal: StoreRewound | None = None
 
     @property
@@ -169,11 +168,12 @@ class Worker:
         for q in self.queues:
             self.fleet.schema.queue(q)
         try:
-            await self._check_eviction()
+            await check_eviction_policy(self.fleet.client, allow=self.allow_evicting_redis)
         except BaseException:
             await self.fleet.client.aclose()
             self.sync_store.client.close()
             raise
+        self._epoch = EpochWatch(self.fleet.schema.epoch())
         background = asyncio.create_task(self._background())
         log.info(
             "worker %s started: queues=%s concurrency=%d", self.id, ",".join(self.queues), self.concurrency
@@ -195,38 +195,6 @@ class Worker:
             log.info("worker %s stopped after %d claims", self.id, self.completed_claims)
         if self.fatal is not None:
             raise self.fatal
-
-    async def _check_eviction(self) -> None:
-        """An evicting maxmemory-policy can drop a live lease (or a snapshot): refuse to start."""
-        try:
-            policy = (await self.fleet.client.config_get("maxmemory-policy")).get("maxmemory-policy")
-        except redis.ResponseError as e:  # CONFIG is disabled on some managed services
-            log.warning(
-                "cannot read maxmemory-policy (%s): make sure it is noeviction; eviction can drop a "
-                "live lease and let two workers run one app", e,
-            )  # fmt: skip
-            return
-        if policy in (None, "noeviction"):
-            return
-        message = (
-            f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis would evict keys, "
-            "including live leases and snapshots, letting two workers run one app or losing state. "
-            "Set maxmemory-policy noeviction (redis-cli CONFIG SET maxmemory-policy noeviction)"
-        )
-        if not self.allow_evicting_redis:
-            raise ConfigurationError(
-                message + ", or start the worker with --allow-evicting-redis", policy=policy
-            )
-        log.warning("%s; starting anyway (allow_evicting_redis)", message)
-
-    def _epoch_problem(self, epoch_id: str, n: int) -> str | None:
-        key = self.fleet.schema.epoch()
-        if self._epoch_id is not None and epoch_id != self._epoch_id:
-            return f"the store's epoch id ({key}) changed from {self._epoch_id} to {epoch_id}"
-        if n <= self._epoch:
-            return f"the store's epoch counter ({key}) went back from {self._epoch} to {n}"
-        self._epoch_id, self._epoch = epoch_id, n
-        return None
 
     def _rewound(self, error: StoreRewound) -> None:
         """Redis lost data: stop committing anything, here and now, and exit with the error."""
@@ -288,15 +256,10 @@ class Worker:
                     "concurrency": str(self.concurrency), "running": str(len(self._tasks)),
                     "state": "stopping" if self.stopping else "running",
                 }))  # fmt: skip
-                problem = self._epoch_problem(epoch_id.decode(), int(epoch))
-                if problem:
-                    self._rewound(StoreRewound(
-                        f"{problem}: Redis lost data (restarted without persistence, restored an "
-                        "old backup, or failed over to a lagging replica). Committing now could run "
-                        "apps again from older state; check Redis persistence (appendonly yes) and "
-                        "restart the workers once the data is right",
-                        key=self.fleet.schema.epoch(), seen=self._epoch, actual=int(epoch),
-                    ))  # fmt: skip
+                assert self._epoch is not None
+                rewound = self._epoch.observe(epoch_id.decode(), int(epoch))
+                if rewound is not None:
+                    self._rewound(rewound)
                     return
                 by_queue: dict[str, list[str]] = {}
                 for member, queue in list(self._held.items()):

@@ -1,0 +1,67 @@
+"""Checks that the Redis a fleet runs on can keep burr_dist's promises.
+
+* :func:`check_eviction_policy`: an evicting ``maxmemory-policy`` can drop a live lease (two
+  workers then run one app) or a snapshot; workers refuse to start on one unless allowed.
+* :class:`EpochWatch`: every heartbeat bumps ``burr:w{fleet}:epoch`` (heartbeat.lua). A worker
+  that sees another epoch id (Redis came back empty) or a counter at or below the highest it saw
+  (an old backup, a lagging replica) knows Redis lost acknowledged writes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+import redis.asyncio as aioredis
+
+from burr_dist.errors import ConfigurationError, StoreRewound
+
+log = logging.getLogger(__name__)
+
+
+async def check_eviction_policy(client: aioredis.Redis, *, allow: bool) -> None:
+    """Raise ConfigurationError on an evicting policy (a warning when ``allow``); warn when the
+    server hides CONFIG, as some managed services do."""
+    try:
+        policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy")
+    except redis.ResponseError as e:
+        log.warning(
+            "cannot read maxmemory-policy (%s): make sure it is noeviction; eviction can drop a "
+            "live lease and let two workers run one app", e,
+        )  # fmt: skip
+        return
+    if policy in (None, "noeviction"):
+        return
+    message = (
+        f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis would evict keys, "
+        "including live leases and snapshots, letting two workers run one app or losing state. "
+        "Set maxmemory-policy noeviction (redis-cli CONFIG SET maxmemory-policy noeviction)"
+    )
+    if not allow:
+        raise ConfigurationError(message + ", or start the worker with --allow-evicting-redis", policy=policy)
+    log.warning("%s; starting anyway (allow_evicting_redis)", message)
+
+
+class EpochWatch:
+    """The store epoch one worker has seen; :meth:`observe` each heartbeat's reply."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.id: str | None = None
+        self.n = 0
+
+    def observe(self, epoch_id: str, n: int) -> StoreRewound | None:
+        """None while the store only moves forward; else the error to stop with."""
+        if self.id is not None and epoch_id != self.id:
+            problem = f"the store's epoch id ({self.key}) changed from {self.id} to {epoch_id}"
+        elif n <= self.n:
+            problem = f"the store's epoch counter ({self.key}) went back from {self.n} to {n}"
+        else:
+            self.id, self.n = epoch_id, n
+            return None
+        return StoreRewound(
+            f"{problem}: Redis lost data (restarted without persistence, restored an old backup, or "
+            "failed over to a lagging replica). Committing now could run apps again from older state; "
+            "check Redis persistence (appendonly yes) and restart the workers once the data is right",
+            key=self.key, seen=self.n, actual=n,
+        )  # fmt: skip
