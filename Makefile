@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test check lint types demo bench chaos clean
+.PHONY: test check lint types demo bench chaos mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	CHAOS_SIZE=large $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos -m chaos
+
+# Break one Lua script at a time (in a temporary copy) and check the suite notices each time.
+mutants: $(STAMP)
+	$(BIN)/python -m tests.chaos.mutants
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
