@@ -63,3 +63,26 @@ async def test_worker_stops_when_the_store_epoch_goes_back(server: EmbeddedServe
         await asyncio.wait_for(task, 10)
     assert err.value.key == epoch
     client.close()
+
+
+def test_cli_worker_exits_7_when_redis_lost_data(server: EmbeddedServer) -> None:
+    import subprocess
+    import sys
+
+    from burr_dist.cli import EXIT_STORE_REWOUND
+    from tests.support.fleet import ROOT, wait_until
+
+    client = redis.Redis(port=server.port)
+    cmd = [sys.executable, "-m", "burr_dist.cli", "--redis-url", server.url, "worker", "tests.chaos.apps",
+           "--lease-ttl", "1", "--sweep-interval", "0.1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: int(client.hget(KEYS.epoch(), "n") or 0) >= 2, 30, "the worker's heartbeats")
+        client.delete(KEYS.epoch())  # Redis came back empty
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        client.close()
+    assert proc.returncode == EXIT_STORE_REWOUND, stderr
+    assert "Redis lost data" in stderr.splitlines()[-1], stderr  # the last line says why
