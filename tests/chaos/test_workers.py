@@ -86,9 +86,11 @@ def test_sigstop_past_ttl_at_each_boundary(chaos_server: EmbeddedServer, tmp_pat
             time.sleep(0.5)
         control.delete(f"chaos:arm:{victim.id}")
         run.wait()
+        survived = victim.alive()  # resumed and kept working: a zombie is refused, not crashed
         report = run.finish(note=f"{done_pauses} pauses of {LEASE_TTL * 1.5:.2f}s")
-    assert victim.alive() is False  # stopped by finish(), not crashed: check its log for errors
-    assert "Traceback" not in victim.log() or "LeaseLost" in victim.log(), victim.log()[-3000:]
+    assert survived, victim.log()[-3000:]
+    # On waking it found the leases it held gone (its deadline passed, or Redis refused it).
+    assert "lost:" in victim.log(), victim.log()[-3000:]
     report.assert_ok(min_faults=pauses)
 
 
