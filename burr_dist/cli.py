@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from burr_dist.connection import DEFAULT_URL, connect, redact
+from burr_dist.connection import DEFAULT_URL, connect, redact, resolve_target
 from burr_dist.errors import (
     AppNotFound,
     AppNotRunnable,
@@ -87,7 +87,8 @@ class Settings:
     _fleet: FleetClient | None = None
 
     def config(self) -> StoreConfig:
-        return StoreConfig(prefix=self.prefix)  # validates the prefix
+        # Validates the prefix; replication settings come from the URL's query options.
+        return StoreConfig.for_target(resolve_target(self.url), prefix=self.prefix)
 
     def fleet(self) -> FleetClient:
         """A client, after checking that Redis answers a PING (closed when the command ends)."""
@@ -374,7 +375,7 @@ def worker(
             raise click.BadParameter("no queue names given", param_hint="--queues")
     schema = KeySchema(s.prefix)
     for name in names:
-        schema.queue(name)  # ConfigurationError for an invalid name
+        schema.queue_shard(name, 0)  # ConfigurationError for an invalid name
     w = Worker(
         registry,
         url=s.url,
@@ -524,7 +525,7 @@ def _report(app_id: str, partition_key: str | None, status: str, extra: dict[str
 def resume(app_id: str, inputs: str | None, partition_key: str | None) -> None:
     """Resume a waiting app with --inputs for the action it waits for."""
     inputs_obj = json_object(inputs, "--inputs")
-    _report(app_id, partition_key, settings().fleet().resume(app_id, inputs_obj, partition_key))
+    _report(app_id, partition_key, settings().fleet().resume(app_id, inputs_obj, partition_key=partition_key))
 
 
 @main.command()
@@ -536,7 +537,7 @@ def cancel(app_id: str, partition_key: str | None) -> None:
 
     Queued, waiting and failed apps are cancelled now; a running app stops before its next step.
     """
-    _report(app_id, partition_key, settings().fleet().cancel(app_id, partition_key))
+    _report(app_id, partition_key, settings().fleet().cancel(app_id, partition_key=partition_key))
 
 
 @main.command()
@@ -548,7 +549,7 @@ def retry(app_id: str, partition_key: str | None) -> None:
 
     It continues from its last committed step.
     """
-    _report(app_id, partition_key, settings().fleet().retry(app_id, partition_key))
+    _report(app_id, partition_key, settings().fleet().retry(app_id, partition_key=partition_key))
 
 
 @main.command()
@@ -562,7 +563,7 @@ def retry(app_id: str, partition_key: str | None) -> None:
 def fork(app_id: str, at: int, new_app_id: str | None, partition_key: str | None) -> None:
     """Queue a new app continuing from a retained step of APP_ID."""
     s = settings()
-    res = s.fleet().fork(app_id, at, new_app_id, partition_key)
+    res = s.fleet().fork(app_id, at, new_app_id, partition_key=partition_key)
     if s.json:
         emit_json(asdict(res) | {"forked_from": {"app_id": app_id, "sequence_id": at}})
     else:
@@ -628,7 +629,7 @@ SHOW_FIELDS: Sequence[tuple[str, str]] = (
 def show(app_id: str, partition_key: str | None) -> None:
     """One app: status, position, lease, attempts, errors, times."""
     s = settings()
-    job = s.fleet().show(app_id, partition_key)
+    job = s.fleet().show(app_id, partition_key=partition_key)
     if s.json:
         emit_json(job)
         return
@@ -658,7 +659,7 @@ def show(app_id: str, partition_key: str | None) -> None:
 def history(app_id: str, partition_key: str | None, with_state: bool) -> None:
     """Every retained step of an app, oldest first."""
     s = settings()
-    rows = s.fleet().history(app_id, partition_key)
+    rows = s.fleet().history(app_id, partition_key=partition_key)
     if not with_state:
         rows = [{k: v for k, v in row.items() if k != "state"} for row in rows]
     if s.json:

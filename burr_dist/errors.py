@@ -59,6 +59,16 @@ class StoreRewound(StoreError):
     """The store holds less than this worker knows was committed: Redis lost data."""
 
 
+class NotDurable(StoreError):
+    """Fewer replicas than ``wait_replicas`` confirmed a write within ``wait_timeout_ms``: it may
+    be lost if the master fails now. Commands are idempotent, so the same call may be sent again;
+    a lease whose write was not confirmed is treated as lost."""
+
+    node: str
+    acked: int
+    wanted: int
+
+
 class SerializationError(BurrDistError, ValueError):
     """A state cannot be stored as JSON without loss, or is larger than the configured limit."""
 

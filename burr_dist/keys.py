@@ -1,43 +1,54 @@
 """The key schema: the only place that makes Redis key names.
 
-Layout (prefix ``burr``; ``P`` and ``A`` are the encoded partition key and app id)::
+Layout (prefix ``burr``; ``P`` and ``A`` are the encoded partition key and app id, ``Q`` an
+encoded queue name, ``T`` a bucket tag, ``U`` a queue-shard tag, see below)::
 
-    burr:{P}:A:meta      hash   head sequence, position, status, fencing counter, write id
-    burr:{P}:A:snaps     hash   sequence id -> snapshot JSON (the last ``keep`` steps)
-    burr:{P}:A:lease     string lease token, expires on the server's clock (PX)
-    burr:{P}:A:job       hash   fleet record: app name, status, attempts, last error, inputs...
-    burr:{P}:apps        zset   app ids of the partition, scored by first commit (server ms)
-    burr:q{Q}:ready      zset   runnable apps of queue Q ("P:A" members), scored by due time (ms)
-    burr:q{Q}:active     zset   claimed apps of queue Q, scored by claim deadline (server ms)
-    burr:w{fleet}:workers   zset  worker ids, scored by last heartbeat (server ms)
-    burr:w{fleet}:worker:W  hash  one worker's host, pid, queues, concurrency (expires)
-    burr:w{fleet}:epoch     hash  id (set once) and n (bumped by every heartbeat): a worker that
-                                  sees another id, or n go back, knows Redis lost data
+    burr:{T}:P:A:meta      hash   head sequence, position, status, fencing counter, write id
+    burr:{T}:P:A:snaps     hash   sequence id -> snapshot JSON (the last ``keep`` steps)
+    burr:{T}:P:A:lease     string lease token, expires on the server's clock (PX)
+    burr:{T}:P:A:job       hash   fleet record: app name, status, attempts, last error, inputs...
+    burr:{T}:P:apps        zset   app ids of partition P in bucket T, scored by first commit (ms)
+    burr:{T}:counts        hash   status -> number of fleet records in bucket T with that status
+    burr:{T}:sync          int    written before WAIT to confirm a batch (transport.py)
+    burr:{T}:epoch         hash   store epoch of the primary that owns T (safety.py)
+    burr:{U}:q:Q:ready     zset   runnable apps of one shard of queue Q ("P:A"), by due time (ms)
+    burr:{U}:q:Q:active    zset   claimed apps of that shard, scored by claim deadline (ms)
+    burr:{fleet}:workers   zset   worker ids, scored by last heartbeat (server ms)
+    burr:{fleet}:worker:W  hash   one worker's host, pid, queues, concurrency (expires)
+    burr:{fleet}:queues    set    names of queues ever enqueued to (for status and sweeps)
 
-Everything of one partition shares the hash tag ``{P}``, so a commit (app keys plus the
-partition index) touches one Redis Cluster slot. The partition key is therefore the unit of
-sharding: put independent users or tenants under different partition keys.
-
-Queue keys carry their own hash tag (``q{Q}``) and so live in another slot than the apps they
-list: every step that crosses the two is ordered so that a crash leaves at worst an entry that a
-later claim or sweep recognises and drops (see burr_dist/queue.py).
+**Buckets.** An app lives in bucket ``crc32("P:A") % buckets`` (default 256). Everything of the
+bucket shares the hash tag ``{T}``, so each script touches one Cluster slot and still updates the
+bucket's status counters and partition index atomically with the app. Bucket tags are chosen so
+that bucket ``i`` hashes into the ``i``-th equal range of the 16384 slots: buckets, and so apps
+(even of one partition), spread evenly over any set of masters that own contiguous slot ranges.
+Queues are split the same way into ``queue_shards`` shards (default 16) with tags ``q<i>...``.
+Both counts are part of the key layout: every process of one fleet must use the same values.
 
 Encoding: ids are percent-encoded outside a small safe alphabet, so ``:``, ``{``, ``}``, glob
 characters, spaces and non-ASCII never appear raw. The encoding is injective (``%`` itself is
 escaped) and an empty string encodes as a lone ``%``, which no other string produces. Ordinary
-ids (``user-42``, ``chat_7``) stay readable in ``redis-cli``.
+ids (``user-42``, ``chat_7``) stay readable in ``redis-cli``. Because encoded ids never contain
+``:``, a key's segments can be read back unambiguously and no id can produce another app's key.
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
+from functools import cache
+
+from redis.crc import key_slot
 
 from burr_dist.errors import ConfigurationError
 
 DEFAULT_PREFIX = "burr"
 # Burr passes partition_key=None when none was given; that is this partition.
 DEFAULT_PARTITION = "default"
+DEFAULT_BUCKETS = 256
+DEFAULT_QUEUE_SHARDS = 16
+SLOTS = 16384
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.@+=,;!~")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]+(:[A-Za-z0-9_.\-]+)*$")
@@ -93,6 +104,27 @@ def check_id(kind: str, value: object) -> str:
     return value
 
 
+@cache
+def spread_tags(count: int, lead: str = "") -> tuple[str, ...]:
+    """``count`` hash tags, the ``i``-th hashing into the ``i``-th equal range of Cluster slots.
+
+    Deterministic (key names depend on it): tag ``i`` is ``lead + str(i)`` when that already
+    lands in its range, else the first ``lead + f"{i}.{n}"`` (n = 1, 2, ...) that does."""
+    if not 1 <= count <= SLOTS:
+        raise ConfigurationError(f"tag count must be in 1..{SLOTS}, got {count}", count=count)
+    tags = []
+    for i in range(count):
+        lo, hi = i * SLOTS // count, (i + 1) * SLOTS // count
+        n = 0
+        while True:
+            tag = f"{lead}{i}" if n == 0 else f"{lead}{i}.{n}"
+            if lo <= key_slot(tag.encode()) < hi:
+                break
+            n += 1
+        tags.append(tag)
+    return tuple(tags)
+
+
 @dataclass(frozen=True)
 class AppKeys:
     meta: str
@@ -100,6 +132,8 @@ class AppKeys:
     lease: str
     index: str
     job: str
+    counts: str
+    bucket: int
 
 
 @dataclass(frozen=True)
@@ -111,6 +145,8 @@ class QueueKeys:
 @dataclass(frozen=True)
 class KeySchema:
     prefix: str = DEFAULT_PREFIX
+    buckets: int = DEFAULT_BUCKETS
+    queue_shards: int = DEFAULT_QUEUE_SHARDS
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, str) or not _PREFIX_RE.fullmatch(self.prefix):
@@ -119,23 +155,49 @@ class KeySchema:
                 "in ':'-separated parts (no braces, glob characters or spaces)",
                 prefix=self.prefix,
             )
+        for name in ("buckets", "queue_shards"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= 4096:
+                raise ConfigurationError(f"{name} must be an int in 1..4096, got {value!r}", **{name: value})
 
-    def _tag(self, partition_key: str | None) -> str:
-        return f"{self.prefix}:{{{encode_id(partition_of(partition_key))}}}"
+    # -- apps ----------------------------------------------------------------------------
+    def bucket_of(self, partition_key: str | None, app_id: str) -> int:
+        return zlib.crc32(self.member(partition_key, app_id).encode()) % self.buckets
 
-    def partition_index(self, partition_key: str | None) -> str:
-        return f"{self._tag(partition_key)}:apps"
+    def bucket_tag(self, bucket: int) -> str:
+        return f"{self.prefix}:{{{spread_tags(self.buckets)[bucket]}}}"
+
+    def bucket_tags(self) -> list[str]:
+        """The ``prefix:{T}`` head of every bucket, in bucket order."""
+        return [self.bucket_tag(b) for b in range(self.buckets)]
+
+    def partition_index(self, partition_key: str | None, bucket: int) -> str:
+        return f"{self.bucket_tag(bucket)}:{encode_id(partition_of(partition_key))}:apps"
+
+    def partition_indexes(self, partition_key: str | None) -> list[str]:
+        """The partition's index in every bucket (list them all to list the partition)."""
+        return [self.partition_index(partition_key, b) for b in range(self.buckets)]
 
     def app(self, partition_key: str | None, app_id: str) -> AppKeys:
         check_id("app_id", app_id)
-        base = f"{self._tag(partition_key)}:{encode_id(app_id)}"
+        bucket = self.bucket_of(partition_key, app_id)
+        tag = self.bucket_tag(bucket)
+        base = f"{tag}:{encode_id(partition_of(partition_key))}:{encode_id(app_id)}"
         return AppKeys(
             meta=f"{base}:meta",
             snaps=f"{base}:snaps",
             lease=f"{base}:lease",
-            index=self.partition_index(partition_key),
+            index=self.partition_index(partition_key, bucket),
             job=f"{base}:job",
+            counts=f"{tag}:counts",
+            bucket=bucket,
         )
+
+    def counts(self, bucket: int) -> str:
+        return f"{self.bucket_tag(bucket)}:counts"
+
+    def epoch(self, bucket: int = 0) -> str:
+        return f"{self.bucket_tag(bucket)}:epoch"
 
     @staticmethod
     def member(partition_key: str | None, app_id: str) -> str:
@@ -147,23 +209,38 @@ class KeySchema:
         pk, app = member.split(":")
         return decode_id(pk), decode_id(app)
 
-    def queue(self, name: str) -> QueueKeys:
+    # -- queues --------------------------------------------------------------------------
+    def shard_of(self, member: str) -> int:
+        return zlib.crc32(member.encode()) % self.queue_shards
+
+    def queue_shard(self, name: str, shard: int) -> QueueKeys:
         check_id("queue", name)
-        tag = f"{self.prefix}:q{{{encode_id(name)}}}"
+        tag = f"{self.prefix}:{{{spread_tags(self.queue_shards, 'q')[shard]}}}:q:{encode_id(name)}"
         return QueueKeys(ready=f"{tag}:ready", active=f"{tag}:active")
 
+    def queue_for(self, name: str, member: str) -> QueueKeys:
+        """The shard of queue ``name`` that lists ``member``."""
+        return self.queue_shard(name, self.shard_of(member))
+
+    def queue_shards_of(self, name: str) -> list[QueueKeys]:
+        return [self.queue_shard(name, s) for s in range(self.queue_shards)]
+
+    # -- fleet ---------------------------------------------------------------------------
     def workers(self) -> str:
-        return f"{self.prefix}:w{{fleet}}:workers"
+        return f"{self.prefix}:{{fleet}}:workers"
 
     def worker(self, worker_id: str) -> str:
-        return f"{self.prefix}:w{{fleet}}:worker:{encode_id(check_id('worker_id', worker_id))}"
+        return f"{self.prefix}:{{fleet}}:worker:{encode_id(check_id('worker_id', worker_id))}"
 
-    def epoch(self) -> str:
-        return f"{self.prefix}:w{{fleet}}:epoch"
+    def queues(self) -> str:
+        return f"{self.prefix}:{{fleet}}:queues"
 
-    def job_pattern(self) -> str:
-        """SCAN MATCH pattern for job records (braces are not glob characters)."""
-        return f"{self.prefix}:{{*}}:*:job"
+    def job_pattern(self, partition_key: str | None = None) -> str:
+        """SCAN MATCH pattern for job records, of one partition when given (braces are not glob
+        characters, and encoded ids contain none of ``*?[]\\``)."""
+        if partition_key is None:
+            return f"{self.prefix}:{{*}}:*:*:job"
+        return f"{self.prefix}:{{*}}:{encode_id(partition_key)}:*:job"
 
     def scan_pattern(self) -> str:
         """A SCAN MATCH pattern for everything under the prefix (the prefix has no glob chars)."""

@@ -1,34 +1,35 @@
 """Enqueue apps and operate on them: the client side of the fleet (sync and async).
 
-Cross-slot steps (the job record lives in the app's slot, the queue in its own) and how a crash
-between them recovers:
+An app's records (job, counters, partition index) live in its bucket's slot; its queue entry in
+a queue shard's slot (keys.py). Cross-slot steps, and how a crash between them recovers:
 
-* enqueue: (1) create the job record (enqueue.lua), (2) ZADD NX the app to ``ready``. A crash
-  after (1) leaves a queued record that no queue lists; enqueueing the same app again is
-  idempotent and performs (2) for any record still queued, and ``reconcile`` re-adds every queued
-  record missing from its queue.
+* enqueue: (1) SADD the queue name to the fleet's queue set, (2) create the job record
+  (enqueue.lua, which also counts it), (3) ZADD NX the app to its queue shard's ``ready``. A crash
+  after (2) leaves a queued record that no queue lists: enqueueing the same app again performs
+  (3) for a record still queued (idempotent), and ``reconcile`` re-adds every queued record
+  missing from its queue. A crash after (1) only leaves a queue name with nothing in it.
 * resume / retry: (1) control.lua makes the record queued, (2) ZADD NX to ``ready``; same repair.
+  A retried control request (lost reply) is recognised by its request id and not applied twice.
 * cancel of a queued app: (1) record cancelled, (2) ZREM from ``ready``. A crash after (1) leaves
   a ready entry; the worker that claims it finds the record cancelled and drops it.
-Worker-side steps are described in burr_dist/worker.py.
+Worker-side steps are described in burr_dist/worker.py. With ``wait_replicas`` > 0 every step
+above is confirmed by WAIT on the node it wrote to before the call returns.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis
-import redis.asyncio as aioredis
 
 from burr_dist.errors import AppNotFound, AppNotRunnable, ConfigurationError, SnapshotNotFound
 from burr_dist.keys import KeySchema, check_id, partition_of
 from burr_dist.scripts import script
-from burr_dist.store import AsyncRedisStore, Call, RedisStore, StoreConfig, StoreCore, _s
+from burr_dist.store import AsyncRedisStore, Call, RedisStore, StoreConfig, StoreCore, _s, scored
+from burr_dist.transport import Cmd
 
 STATUSES = ("queued", "running", "waiting", "completed", "failed", "cancelled")
 DEFAULT_QUEUE = "default"
@@ -58,6 +59,7 @@ class Enqueued:
     created: bool  # False: the app already existed; nothing new was queued
     status: str
     run_at_ms: int | None
+    queue: str = "default"
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class FleetCore(StoreCore):
         pk = partition_of(req.partition_key)
         if req.delay < 0:
             raise ConfigurationError(f"delay must be >= 0, got {req.delay}", delay=req.delay)
-        self.schema.queue(req.queue)  # validates the name
+        self.schema.queue_shard(req.queue, 0)  # validates the name
         fields: list[str | bytes] = [
             "name", req.name, "queue", req.queue, "app_id", app_id, "partition_key", pk,
             "state", json_object(req.state, "state"), "inputs", json_object(req.inputs, "inputs"),
@@ -96,18 +98,60 @@ class FleetCore(StoreCore):
             fpk, fapp, fseq = req.fork_from
             fields += ["fork_pk", partition_of(fpk), "fork_app", fapp, "fork_seq", str(fseq)]
         k = self.keys(pk, app_id)
-        return Call(script("enqueue"), (k.job,), (int(req.delay * 1000), *fields)), app_id, pk
+        return Call(script("enqueue"), (k.job, k.counts), (int(req.delay * 1000), *fields)), app_id, pk
 
     @staticmethod
-    def read_enqueue(reply: Sequence[Any], app_id: str, pk: str) -> Enqueued:
+    def read_enqueue(reply: Sequence[Any], app_id: str, pk: str, queue: str) -> Enqueued:
         if int(reply[0]) == 1:
-            return Enqueued(app_id, pk, True, "queued", int(reply[1]))
+            return Enqueued(app_id, pk, True, "queued", int(reply[1]), queue)
         run_at = _s(reply[2])
-        return Enqueued(app_id, pk, False, _s(reply[1]), int(run_at) if run_at else None)
+        found = _s(reply[3]) if len(reply) > 3 and reply[3] else queue
+        return Enqueued(app_id, pk, False, _s(reply[1]), int(run_at) if run_at else None, found)
+
+    def ready_cmd(self, queue: str, partition_key: str | None, app_id: str, run_at_ms: int) -> Cmd:
+        """ZADD NX of an app to its shard of ``queue`` (never moves an entry that is there)."""
+        member = self.schema.member(partition_key, app_id)
+        ready = self.schema.queue_for(queue, member).ready
+        return Cmd(ready, ("ZADD", ready, "NX", run_at_ms, member))
+
+    def unready_cmd(self, queue: str, partition_key: str | None, app_id: str) -> Cmd:
+        member = self.schema.member(partition_key, app_id)
+        ready = self.schema.queue_for(queue, member).ready
+        return Cmd(ready, ("ZREM", ready, member))
+
+    def queue_name_cmd(self, names: Iterable[str]) -> Cmd:
+        key = self.schema.queues()
+        return Cmd(key, ("SADD", key, *sorted(set(names))))
+
+    def enqueue_plan(
+        self, requests: Sequence[EnqueueRequest]
+    ) -> tuple[list[Call], list[tuple[str, str, str]]]:
+        calls, ids = [], []
+        for req in requests:
+            call, app, pk = self.enqueue_call(req)
+            calls.append(call)
+            ids.append((app, pk, req.queue))
+        return calls, ids
+
+    def requeue_cmds(self, results: Sequence[Enqueued]) -> list[Cmd]:
+        return [
+            self.ready_cmd(r.queue, r.partition_key, r.app_id, r.run_at_ms)
+            for r in results
+            if r.status == "queued" and r.run_at_ms is not None
+        ]
 
     def control_call(self, op: str, partition_key: str | None, app_id: str, inputs: bytes = b"") -> Call:
         k = self.keys(partition_of(partition_key), app_id)
-        return Call(script("control"), (k.job, k.meta), (op, inputs))
+        return Call(script("control"), (k.job, k.meta, k.counts), (op, inputs, uuid.uuid4().hex))
+
+    def control_followup(
+        self, status: str, run_at: int | None, queue: str, partition_key: str | None, app_id: str
+    ) -> list[Cmd]:
+        if status == "queued" and run_at is not None:
+            return [self.ready_cmd(queue, partition_key, app_id, run_at)]
+        if status == "cancelled":
+            return [self.unready_cmd(queue, partition_key, app_id)]
+        return []
 
     @staticmethod
     def read_control(
@@ -132,7 +176,7 @@ class FleetCore(StoreCore):
         attempts: str = "keep", error: str = "", waiting_for: str = "", consumed: bool = False,
     ) -> Call:  # fmt: skip
         k = self.keys(partition_key, app_id)
-        args = (
+        args: tuple[str | int, ...] = (
             token,
             status,
             int(delay * 1000),
@@ -141,26 +185,86 @@ class FleetCore(StoreCore):
             waiting_for,
             "1" if consumed else "0",
         )
-        return Call(script("settle"), (k.lease, k.job), args)
+        return Call(script("settle"), (k.lease, k.job, k.counts), args)
 
-    def claim_call(self, queue: str, n: int, claim_ms: int) -> Call:
-        q = self.schema.queue(queue)
+    def claim_call(self, queue: str, shard: int, n: int, claim_ms: int) -> Call:
+        q = self.schema.queue_shard(queue, shard)
         return Call(script("claim"), (q.ready, q.active), (n, claim_ms))
 
-    def sweep_call(self, queue: str, most: int = 1000) -> Call:
-        q = self.schema.queue(queue)
+    def sweep_call(self, queue: str, shard: int, most: int = 1000) -> Call:
+        q = self.schema.queue_shard(queue, shard)
         return Call(script("sweep"), (q.ready, q.active), (most,))
 
-    def touch_call(self, queue: str, claim_ms: int, members: Iterable[str]) -> Call:
-        return Call(script("touch"), (self.schema.queue(queue).active,), (claim_ms, *members))
+    def touch_call(self, queue: str, shard: int, claim_ms: int, members: Iterable[str]) -> Call:
+        return Call(script("touch"), (self.schema.queue_shard(queue, shard).active,), (claim_ms, *members))
+
+    def ack_call(self, queue: str, member: str, run_at_ms: int | None) -> Call:
+        q = self.schema.queue_for(queue, member)
+        return Call(script("ack"), (q.active, q.ready), (member, "" if run_at_ms is None else run_at_ms))
+
+    def peek_cmds(self, queue: str) -> list[Cmd]:
+        """The earliest due entry of every shard of ``queue`` (to claim oldest-first)."""
+        return [
+            Cmd(q.ready, ("ZRANGE", q.ready, 0, 0, "WITHSCORES")) for q in self.schema.queue_shards_of(queue)
+        ]
 
     def heartbeat_call(self, worker_id: str, ttl_ms: int, fields: dict[str, str]) -> Call:
         flat = [x for kv in fields.items() for x in kv]
         return Call(
             script("heartbeat"),
-            (self.schema.workers(), self.schema.worker(worker_id), self.schema.epoch()),
-            (worker_id, ttl_ms, os.urandom(8).hex(), *flat),
+            (self.schema.workers(), self.schema.worker(worker_id)),
+            (worker_id, ttl_ms, *flat),
         )
+
+    def epoch_call(self, bucket: int, new_id: str) -> Call:
+        return Call(script("epoch"), (self.schema.epoch(bucket),), (new_id,))
+
+    # -- operator reads ------------------------------------------------------------------
+    def show_cmds(self, partition_key: str | None, app_id: str) -> list[Cmd]:
+        k = self.keys(partition_of(partition_key), app_id)
+        return [
+            Cmd(k.job, ("HGETALL", k.job)), Cmd(k.meta, ("HGETALL", k.meta)),
+            Cmd(k.lease, ("GET", k.lease)), Cmd(k.lease, ("PTTL", k.lease)),
+        ]  # fmt: skip
+
+    def counts_cmds(self) -> list[Cmd]:
+        return [Cmd(k, ("HGETALL", k)) for k in (self.schema.counts(b) for b in range(self.schema.buckets))]
+
+    @staticmethod
+    def read_counts(replies: Sequence[Any]) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for reply in replies:
+            flat = _pairs(reply)
+            for name, value in flat.items():
+                counts[name] = counts.get(name, 0) + int(value)
+        return counts
+
+    def queue_stat_cmds(self, queue: str) -> list[Cmd]:
+        out = []
+        for q in self.schema.queue_shards_of(queue):
+            out += [Cmd(q.ready, ("ZCARD", q.ready)), Cmd(q.active, ("ZCARD", q.active)),
+                    Cmd(q.ready, ("ZRANGE", q.ready, 0, 0, "WITHSCORES"))]  # fmt: skip
+        return out
+
+    @staticmethod
+    def read_queue_stats(replies: Sequence[Any], now_ms: int) -> dict[str, Any]:
+        ready = active = 0
+        oldest: float | None = None
+        for i in range(0, len(replies), 3):
+            ready += int(replies[i])
+            active += int(replies[i + 1])
+            if replies[i + 2]:
+                score = scored(replies[i + 2])[0][1]
+                oldest = score if oldest is None else min(oldest, score)
+        age = round(max(now_ms - oldest, 0) / 1000, 1) if oldest is not None else None
+        return {"ready": ready, "active": active, "oldest_ready_age_s": age}
+
+
+def _pairs(reply: Any) -> dict[str, str]:
+    """A HGETALL reply (a flat list from raw connections, a dict from client methods) as str dict."""
+    if isinstance(reply, dict):
+        return {_s(a): _s(b) for a, b in reply.items()}
+    return {_s(reply[i]): _s(reply[i + 1]) for i in range(0, len(reply or []), 2)}
 
 
 def parse_job(raw: dict[Any, Any]) -> dict[str, Any]:
@@ -175,141 +279,114 @@ def parse_job(raw: dict[Any, Any]) -> dict[str, Any]:
 
 
 class FleetClient(FleetCore, RedisStore):
-    """Enqueue and operate on apps (sync). ``FleetClient.from_url(url, prefix=...)``."""
+    """Enqueue and operate on apps (sync). ``FleetClient.from_url(url, prefix=...)``.
 
-    def __init__(self, client: redis.Redis, config: StoreConfig | None = None) -> None:
+    Argument order: the app id comes first and ``partition_key`` is keyword-only on every
+    fleet operation (the Burr persister contract's ``load(partition_key, app_id)`` is the one
+    exception, fixed by Burr)."""
+
+    def __init__(self, client: Any, config: StoreConfig | None = None) -> None:
         RedisStore.__init__(self, client, config)
 
     @classmethod
     def from_url(cls, url: str | None = None, **config: Any) -> FleetClient:
-        from burr_dist.connection import connect
+        from burr_dist.connection import connect, resolve_target
 
-        return cls(connect(url), StoreConfig(**config))
+        target = resolve_target(url)
+        return cls(connect(target), StoreConfig.for_target(target, **config))
 
     def enqueue(
-        self, name: str, app_id: str | None = None, partition_key: str | None = None, **kw: Any
+        self, name: str, app_id: str | None = None, *, partition_key: str | None = None, **kw: Any
     ) -> Enqueued:
         return self.enqueue_many([EnqueueRequest(name, app_id, partition_key, **kw)])[0]
 
     def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[Enqueued]:
-        """Two round trips for any number of apps: the records, then the queue entries."""
-        calls = [(self.enqueue_call(r), r) for r in requests]
-        pipe: Any = self.client.pipeline(transaction=False)
-        for (call, _, _), _ in calls:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-        replies = self._pipeline_with_scripts(pipe, {c.script for (c, _, _), _ in calls})
-        results = [self.read_enqueue(r, app, pk) for r, ((_, app, pk), _) in zip(replies, calls, strict=True)]
-        pipe = self.client.pipeline(transaction=False)
-        for res, (_, req) in zip(results, calls, strict=True):
-            if res.status == "queued" and res.run_at_ms is not None:
-                pipe.zadd(
-                    self.schema.queue(req.queue).ready,
-                    {self.schema.member(res.partition_key, res.app_id): res.run_at_ms},
-                    nx=True,
-                )
-        self._with_retry(pipe.execute)
+        """Two round trips per node for any number of apps: the records, then the queue entries."""
+        calls, ids = self.enqueue_plan(requests)
+        if not calls:
+            return []
+        replies = self.commands(
+            [self.queue_name_cmd(q for _, _, q in ids), *(c.cmd() for c in calls)], durable=True
+        )[1:]
+        results = [self.read_enqueue(r, *i) for r, i in zip(replies, ids, strict=True)]
+        followup = self.requeue_cmds(results)
+        if followup:
+            self.commands(followup, durable=True)
         return results
-
-    def _pipeline_with_scripts(self, pipe: Any, scripts: set[Any]) -> list[Any]:
-        for s in scripts:
-            self._with_retry(self.client.script_load, s.source)
-        return self._with_retry(pipe.execute)
 
     def _control(self, op: str, app_id: str, partition_key: str | None, inputs: bytes = b"") -> str:
         reply = self.run(self.control_call(op, partition_key, app_id, inputs))
         code, status, run_at, queue = self.read_control(reply, op, partition_key, app_id)
-        member = self.schema.member(partition_key, app_id)
-        if status == "queued" and run_at is not None:
-            self._with_retry(
-                lambda: self.client.zadd(self.schema.queue(queue).ready, {member: run_at}, nx=True)
-            )
-        elif status == "cancelled":
-            self._with_retry(self.client.zrem, self.schema.queue(queue).ready, member)
+        followup = self.control_followup(status, run_at, queue, partition_key, app_id)
+        if followup:
+            self.commands(followup, durable=True)
         return "cancel_requested" if code == 2 else status
 
     def resume(
-        self, app_id: str, inputs: dict[str, Any] | None = None, partition_key: str | None = None
+        self, app_id: str, inputs: dict[str, Any] | None = None, *, partition_key: str | None = None
     ) -> str:
         """Make a waiting app runnable with ``inputs`` for the action it waits for."""
         return self._control("resume", app_id, partition_key, json_object(inputs or {}, "inputs"))
 
-    def cancel(self, app_id: str, partition_key: str | None = None) -> str:
+    def cancel(self, app_id: str, *, partition_key: str | None = None) -> str:
         """Cancel now (queued, waiting, failed) or before its next step (running)."""
         return self._control("cancel", app_id, partition_key)
 
-    def retry(self, app_id: str, partition_key: str | None = None) -> str:
+    def retry(self, app_id: str, *, partition_key: str | None = None) -> str:
         """Run a failed (or cancelled) app again from its last committed step."""
         return self._control("retry", app_id, partition_key)
 
     def fork(
-        self, app_id: str, at: int | None, new_app_id: str | None = None, partition_key: str | None = None
+        self, app_id: str, at: int | None, new_app_id: str | None = None, *, partition_key: str | None = None
     ) -> Enqueued:
         """Queue a new app that continues from ``app_id``'s snapshot ``at`` (head when None)."""
-        job = self.job(app_id, partition_key)
+        job = self.job(app_id, partition_key=partition_key)
         found = self.load(partition_of(partition_key), app_id, at)
         if found is None:
             raise SnapshotNotFound(
                 f"app {app_id!r} has no committed step to fork from", app_id=app_id, sequence_id=at
             )
         return self.enqueue(
-            job["name"], new_app_id, partition_key, queue=job.get("queue") or DEFAULT_QUEUE,
+            job["name"], new_app_id, partition_key=partition_key, queue=job.get("queue") or DEFAULT_QUEUE,
             fork_from=(partition_of(partition_key), app_id, found["sequence_id"]),
         )  # fmt: skip
 
-    def job(self, app_id: str, partition_key: str | None = None) -> dict[str, Any]:
-        raw = self._with_retry(self.client.hgetall, self.keys(partition_of(partition_key), app_id).job)
+    def job(self, app_id: str, *, partition_key: str | None = None) -> dict[str, Any]:
+        k = self.keys(partition_of(partition_key), app_id)
+        return self._job(self.commands([Cmd(k.job, ("HGETALL", k.job))])[0], app_id, partition_key)
+
+    @staticmethod
+    def _job(raw: Any, app_id: str, partition_key: str | None) -> dict[str, Any]:
         if not raw:
             raise AppNotFound(
                 f"no app {app_id!r} in partition {partition_of(partition_key)!r}", app_id=app_id
             )
-        return parse_job(raw)
+        return parse_job(_pairs(raw))
 
-    def show(self, app_id: str, partition_key: str | None = None) -> dict[str, Any]:
+    def show(self, app_id: str, *, partition_key: str | None = None) -> dict[str, Any]:
         """The job record plus the stored head and the lease holder."""
-        job = self.job(app_id, partition_key)
-        k = self.keys(partition_of(partition_key), app_id)
-        pipe: Any = self.client.pipeline(transaction=False)
-        pipe.hgetall(k.meta).get(k.lease).pttl(k.lease)
-        meta, holder, pttl = self._with_retry(pipe.execute)
-        meta = {_s(a): _s(b) for a, b in meta.items()}
-        job.update(
-            sequence_id=int(meta["head"]) if "head" in meta else None,
-            position=meta.get("pos"),
-            step_status=meta.get("status"),
-            lease_holder=_s(holder) if holder else None,
-            lease_ttl_ms=int(pttl) if holder else None,
-        )
-        return job
+        raw, meta, holder, pttl = self.commands(self.show_cmds(partition_key, app_id))
+        return _show(self._job(raw, app_id, partition_key), meta, holder, pttl)
 
-    def history(self, app_id: str, partition_key: str | None = None) -> list[dict[str, Any]]:
+    def history(self, app_id: str, *, partition_key: str | None = None) -> list[dict[str, Any]]:
         """Every retained step, oldest first: sequence, action, status, time, state."""
-        from burr_dist import codec
-
         k = self.keys(partition_of(partition_key), app_id)
-        raw = self._with_retry(self.client.hgetall, k.snaps)
+        raw = _pairs(self.commands([Cmd(k.snaps, ("HGETALL", k.snaps))])[0])
         if not raw:
-            self.job(app_id, partition_key)  # AppNotFound when the app is unknown
-        out = []
-        for seq, blob in sorted(raw.items(), key=lambda kv: int(kv[0])):
-            snap = codec.decode_snapshot(blob, key=f"{k.snaps}#{_s(seq)}", partition_key=partition_key)
-            out.append({"sequence_id": snap["sequence_id"], "action": snap["position"], "status": snap["status"],
-                        "created_at": snap["created_at"], "state": snap["state"].get_all()})  # fmt: skip
-        return out
+            self.job(app_id, partition_key=partition_key)  # AppNotFound when the app is unknown
+        return _history(raw, k.snaps, partition_key)
 
     def scan_jobs(self, partition_key: str | None = None) -> list[dict[str, Any]]:
-        """Every job record (SCAN under our prefix only), optionally of one partition."""
-        from burr_dist.keys import encode_id
-
-        pattern = (
-            self.schema.job_pattern()
-            if partition_key is None
-            else f"{self.config.prefix}:{{{encode_id(partition_key)}}}:*:job"
-        )
-        keys = list(self._with_retry(lambda: list(self.client.scan_iter(match=pattern, count=1000))))
-        pipe: Any = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        return [parse_job(raw) for raw in self._with_retry(pipe.execute) if raw]
+        """Every job record (SCAN under our prefix only, on every primary), optionally of one
+        partition. Costs a pass over the keyspace: for counts use :meth:`overview`."""
+        pattern = self.schema.job_pattern(partition_key)
+        keys: list[str] = []
+        for node in self.transport.primaries():
+            keys += [
+                _s(k) for k in self._with_retry(lambda n=node: list(n.scan_iter(match=pattern, count=1000)))
+            ]
+        raws = self.commands([Cmd(k, ("HGETALL", k)) for k in keys]) if keys else []
+        return [parse_job(_pairs(raw)) for raw in raws if raw]
 
     def ls(self, partition_key: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         if status is not None and status not in STATUSES:
@@ -318,39 +395,32 @@ class FleetClient(FleetCore, RedisStore):
         return sorted(jobs, key=lambda j: j.get("created_at", 0))
 
     def workers(self) -> list[dict[str, Any]]:
-        ids = self._with_retry(self.client.zrange, self.schema.workers(), 0, -1)
-        pipe: Any = self.client.pipeline(transaction=False)
-        for wid in ids:
-            pipe.hgetall(self.schema.worker(_s(wid)))
-        return [
-            {_s(a): _s(b) for a, b in raw.items()} | {"id": _s(w)}
-            for w, raw in zip(ids, self._with_retry(pipe.execute), strict=True)
-            if raw
-        ]
+        key = self.schema.workers()
+        ids = [_s(w) for w in self.commands([Cmd(key, ("ZRANGE", key, 0, -1))])[0]]
+        raws = (
+            self.commands([Cmd(self.schema.worker(w), ("HGETALL", self.schema.worker(w))) for w in ids])
+            if ids
+            else []
+        )
+        return [_pairs(raw) | {"id": w} for w, raw in zip(ids, raws, strict=True) if raw]
 
     def queues(self) -> list[str]:
-        from burr_dist.keys import decode_id
-
-        found = self._with_retry(
-            lambda: list(self.client.scan_iter(match=f"{self.config.prefix}:q{{*}}:*", count=1000))
-        )
-        names = {decode_id(_s(k)[len(self.config.prefix) + 3 :].split("}")[0]) for k in found}
+        key = self.schema.queues()
+        names = {_s(n) for n in self.commands([Cmd(key, ("SMEMBERS", key))])[0]}
         return sorted(names | {DEFAULT_QUEUE})
 
+    def server_time_ms(self) -> int:
+        key = self.schema.workers()
+        sec, usec = self.commands([Cmd(key, ("TIME",))])[0]
+        return int(sec) * 1000 + int(usec) // 1000
+
     def overview(self) -> dict[str, Any]:
-        """Counts by status, queue depth, oldest queued age, live workers."""
-        counts = dict.fromkeys(STATUSES, 0)
-        for job in self.scan_jobs():
-            counts[job.get("status", "queued")] = counts.get(job.get("status", "queued"), 0) + 1
-        now_ms = int(self._with_retry(self.client.time)[0]) * 1000
-        queues = {}
-        for name in self.queues():
-            q = self.schema.queue(name)
-            pipe: Any = self.client.pipeline(transaction=False)
-            pipe.zcard(q.ready).zcard(q.active).zrange(q.ready, 0, 0, withscores=True)
-            ready, active, oldest = self._with_retry(pipe.execute)
-            queues[name] = {"ready": ready, "active": active,
-                            "oldest_ready_age_s": round(max(now_ms - oldest[0][1], 0) / 1000, 1) if oldest else None}  # fmt: skip
+        """Counts by status (kept by the scripts: no scan), queue depth and oldest queued age,
+        live workers. Costs the same with 10 apps or 10 million."""
+        counts = self.read_counts(self.commands(self.counts_cmds()))
+        now_ms = self.server_time_ms()
+        queues = {name: self.read_queue_stats(self.commands(self.queue_stat_cmds(name)), now_ms)
+                  for name in self.queues()}  # fmt: skip
         return {"apps": counts, "queues": queues, "workers": len(self.workers())}
 
     def reconcile(self) -> int:
@@ -359,55 +429,97 @@ class FleetClient(FleetCore, RedisStore):
         for job in self.scan_jobs():
             if job.get("status") != "queued":
                 continue
-            q = self.schema.queue(job.get("queue") or DEFAULT_QUEUE)
+            queue = job.get("queue") or DEFAULT_QUEUE
             member = self.schema.member(job["partition_key"], job["app_id"])
-            pipe: Any = self.client.pipeline(transaction=False)
-            pipe.zscore(q.ready, member).zscore(q.active, member)
-            ready, active = self._with_retry(pipe.execute)
+            q = self.schema.queue_for(queue, member)
+            ready, active = self.commands(
+                [Cmd(q.ready, ("ZSCORE", q.ready, member)), Cmd(q.active, ("ZSCORE", q.active, member))]
+            )
             if ready is None and active is None:
-                self._with_retry(self.client.zadd, q.ready, {member: job.get("run_at", 0)}, True)  # nx
+                self.commands(
+                    [self.ready_cmd(queue, job["partition_key"], job["app_id"], job.get("run_at", 0))],
+                    durable=True,
+                )
                 fixed += 1
         return fixed
+
+
+def _show(job: dict[str, Any], meta_raw: Any, holder: Any, pttl: Any) -> dict[str, Any]:
+    meta = _pairs(meta_raw)
+    job.update(
+        sequence_id=int(meta["head"]) if "head" in meta else None,
+        position=meta.get("pos"),
+        step_status=meta.get("status"),
+        lease_holder=_s(holder) if holder else None,
+        lease_ttl_ms=int(pttl) if holder else None,
+    )
+    return job
+
+
+def _history(raw: dict[str, str], snaps_key: str, partition_key: str | None) -> list[dict[str, Any]]:
+    from burr_dist import codec
+
+    out = []
+    for seq, blob in sorted(raw.items(), key=lambda kv: int(kv[0])):
+        snap = codec.decode_snapshot(blob.encode(), key=f"{snaps_key}#{seq}", partition_key=partition_key)
+        out.append({"sequence_id": snap["sequence_id"], "action": snap["position"], "status": snap["status"],
+                    "created_at": snap["created_at"], "state": snap["state"].get_all()})  # fmt: skip
+    return out
 
 
 class AsyncFleetClient(FleetCore, AsyncRedisStore):
     """Async enqueue, resume, cancel and retry; same calls as FleetClient."""
 
-    def __init__(self, client: aioredis.Redis, config: StoreConfig | None = None) -> None:
+    def __init__(self, client: Any, config: StoreConfig | None = None) -> None:
         AsyncRedisStore.__init__(self, client, config)
 
+    @classmethod
+    def from_url(cls, url: str | None = None, **config: Any) -> AsyncFleetClient:
+        from burr_dist.connection import aconnect, resolve_target
+
+        target = resolve_target(url)
+        return cls(aconnect(target), StoreConfig.for_target(target, **config))
+
     async def enqueue(
-        self, name: str, app_id: str | None = None, partition_key: str | None = None, **kw: Any
+        self, name: str, app_id: str | None = None, *, partition_key: str | None = None, **kw: Any
     ) -> Enqueued:
-        req = EnqueueRequest(name, app_id, partition_key, **kw)
-        call, app, pk = self.enqueue_call(req)
-        res = self.read_enqueue(await self.run(call), app, pk)
-        if res.status == "queued" and res.run_at_ms is not None:
-            member, run_at = self.schema.member(pk, app), res.run_at_ms
-            await self._with_retry(
-                lambda: self.client.zadd(self.schema.queue(req.queue).ready, {member: run_at}, nx=True)
+        return (await self.enqueue_many([EnqueueRequest(name, app_id, partition_key, **kw)]))[0]
+
+    async def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[Enqueued]:
+        calls, ids = self.enqueue_plan(requests)
+        if not calls:
+            return []
+        replies = (
+            await self.commands(
+                [self.queue_name_cmd(q for _, _, q in ids), *(c.cmd() for c in calls)], durable=True
             )
-        return res
+        )[1:]
+        results = [self.read_enqueue(r, *i) for r, i in zip(replies, ids, strict=True)]
+        followup = self.requeue_cmds(results)
+        if followup:
+            await self.commands(followup, durable=True)
+        return results
 
     async def _control(self, op: str, app_id: str, partition_key: str | None, inputs: bytes = b"") -> str:
         reply = await self.run(self.control_call(op, partition_key, app_id, inputs))
         code, status, run_at, queue = self.read_control(reply, op, partition_key, app_id)
-        member = self.schema.member(partition_key, app_id)
-        if status == "queued" and run_at is not None:
-            await self._with_retry(
-                lambda: self.client.zadd(self.schema.queue(queue).ready, {member: run_at}, nx=True)
-            )
-        elif status == "cancelled":
-            await self._with_retry(self.client.zrem, self.schema.queue(queue).ready, member)
+        followup = self.control_followup(status, run_at, queue, partition_key, app_id)
+        if followup:
+            await self.commands(followup, durable=True)
         return "cancel_requested" if code == 2 else status
 
     async def resume(
-        self, app_id: str, inputs: dict[str, Any] | None = None, partition_key: str | None = None
+        self, app_id: str, inputs: dict[str, Any] | None = None, *, partition_key: str | None = None
     ) -> str:
         return await self._control("resume", app_id, partition_key, json_object(inputs or {}, "inputs"))
 
-    async def cancel(self, app_id: str, partition_key: str | None = None) -> str:
+    async def cancel(self, app_id: str, *, partition_key: str | None = None) -> str:
         return await self._control("cancel", app_id, partition_key)
 
-    async def retry(self, app_id: str, partition_key: str | None = None) -> str:
+    async def retry(self, app_id: str, *, partition_key: str | None = None) -> str:
         return await self._control("retry", app_id, partition_key)
+
+    async def server_time_ms(self) -> int:
+        key = self.schema.workers()
+        sec, usec = (await self.commands([Cmd(key, ("TIME",))]))[0]
+        return int(sec) * 1000 + int(usec) // 1000

@@ -2,7 +2,7 @@
 
 * :func:`check_eviction_policy`: an evicting ``maxmemory-policy`` can drop a live lease (two
   workers then run one app) or a snapshot; workers refuse to start on one unless allowed.
-* :class:`EpochWatch`: every heartbeat bumps ``burr:w{fleet}:epoch`` (heartbeat.lua). A worker
+* :class:`EpochWatch`: every heartbeat bumps an epoch hash on every primary (epoch.lua). A worker
   that sees another epoch id (Redis came back empty) or a counter at or below the highest it saw
   (an old backup, a lagging replica) knows Redis lost acknowledged writes.
 """
@@ -19,27 +19,38 @@ from burr_dist.errors import ConfigurationError, StoreRewound
 log = logging.getLogger(__name__)
 
 
-async def check_eviction_policy(client: aioredis.Redis, *, allow: bool) -> None:
-    """Raise ConfigurationError on an evicting policy (a warning when ``allow``); warn when the
-    server hides CONFIG, as some managed services do."""
+async def check_eviction_policy(primaries: list[aioredis.Redis], *, allow: bool) -> None:
+    """Check every primary: raise ConfigurationError on an evicting policy (a warning when
+    ``allow``); warn when a server hides CONFIG, as some managed services do."""
+    for client in primaries:
+        await _check_one(client, allow)
+
+
+async def _check_one(client: aioredis.Redis, allow: bool) -> None:
+    where = _name(client)
     try:
         policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy")
     except redis.ResponseError as e:
         log.warning(
-            "cannot read maxmemory-policy (%s): make sure it is noeviction; eviction can drop a "
-            "live lease and let two workers run one app", e,
+            "cannot read maxmemory-policy on %s (%s): make sure it is noeviction; eviction can drop "
+            "a live lease and let two workers run one app", where, e,
         )  # fmt: skip
         return
     if policy in (None, "noeviction"):
         return
     message = (
-        f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis would evict keys, "
+        f"Redis maxmemory-policy is {policy!r} on {where}: under memory pressure Redis would evict keys, "
         "including live leases and snapshots, letting two workers run one app or losing state. "
         "Set maxmemory-policy noeviction (redis-cli CONFIG SET maxmemory-policy noeviction)"
     )
     if not allow:
         raise ConfigurationError(message + ", or start the worker with --allow-evicting-redis", policy=policy)
     log.warning("%s; starting anyway (allow_evicting_redis)", message)
+
+
+def _name(client: aioredis.Redis) -> str:
+    kw = client.connection_pool.connection_kwargs
+    return str(kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}")
 
 
 class EpochWatch:

@@ -12,20 +12,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-import redis.asyncio as aioredis
 from burr.core.persistence import PersistedStateData
 from tenacity import (
     AsyncRetrying,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
     wait_random_exponential,
 )
 
 from burr_dist import codec
-from burr_dist.connection import TRANSIENT, RetryPolicy, aconnect, connect
+from burr_dist.connection import RetryPolicy, aconnect, connect, is_transient, resolve_target
 from burr_dist.errors import (
     ConfigurationError,
     LeaseLost,
@@ -33,8 +31,10 @@ from burr_dist.errors import (
     SequenceConflict,
     SnapshotNotFound,
 )
-from burr_dist.keys import AppKeys, KeySchema
+from burr_dist.keys import DEFAULT_BUCKETS, DEFAULT_QUEUE_SHARDS, AppKeys, KeySchema
 from burr_dist.scripts import LuaScript, script
+from burr_dist.transport import AsyncTransport, Cmd, Durability, Transport, evalsha
+from burr_dist.urls import RedisTarget
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,20 @@ DEFAULT_KEEP = 100
 class StoreConfig:
     """Settings of a store. ``keep``: snapshots retained per app (the head included).
     ``finished_ttl``: seconds a finished app's keys live after :meth:`RedisStore.expire_app`
-    (None keeps them). ``max_state_bytes``: largest snapshot accepted."""
+    (None keeps them). ``max_state_bytes``: largest snapshot accepted.
+    ``wait_replicas``: writes a guarantee rests on are acknowledged only once this many replicas
+    confirmed them (WAIT on the same connection) within ``wait_timeout_ms``; 0 confirms nothing.
+    ``buckets`` / ``queue_shards``: part of the key layout (see keys.py); equal fleet-wide."""
 
     prefix: str = "burr"
     keep: int = DEFAULT_KEEP
     max_state_bytes: int = codec.DEFAULT_MAX_BYTES
     finished_ttl: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
+    buckets: int = DEFAULT_BUCKETS
+    queue_shards: int = DEFAULT_QUEUE_SHARDS
 
     def __post_init__(self) -> None:
         if not isinstance(self.keep, int) or self.keep < 1:
@@ -60,6 +67,35 @@ class StoreConfig:
             raise ConfigurationError("max_state_bytes must be positive", max_state_bytes=self.max_state_bytes)
         if self.finished_ttl is not None and self.finished_ttl <= 0:
             raise ConfigurationError("finished_ttl must be positive or None", finished_ttl=self.finished_ttl)
+        if not isinstance(self.wait_replicas, int) or self.wait_replicas < 0:
+            raise ConfigurationError(
+                f"wait_replicas must be an int >= 0, got {self.wait_replicas!r}",
+                wait_replicas=self.wait_replicas,
+            )
+        if not isinstance(self.wait_timeout_ms, int) or self.wait_timeout_ms < 1:
+            raise ConfigurationError(
+                f"wait_timeout_ms must be an int >= 1, got {self.wait_timeout_ms!r}",
+                wait_timeout_ms=self.wait_timeout_ms,
+            )
+        KeySchema(self.prefix, self.buckets, self.queue_shards)  # validates them
+
+    @classmethod
+    def for_target(cls, target: RedisTarget, **config: Any) -> StoreConfig:
+        """A config whose replication settings default to the URL's query options."""
+        for name in ("wait_replicas", "wait_timeout_ms"):
+            value = target.options.get(name)
+            if value is not None and config.get(name) is None:
+                config[name] = value
+        return cls(**{k: v for k, v in config.items() if v is not None or k == "finished_ttl"})
+
+    def durability(self) -> Durability:
+        return Durability(self.wait_replicas, self.wait_timeout_ms, self.prefix)
+
+
+# Scripts whose effects a guarantee rests on: confirmed by WAIT when wait_replicas > 0.
+DURABLE_SCRIPTS = frozenset(
+    {"acquire", "commit", "renew", "release", "settle", "enqueue", "control", "ack", "epoch"}
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +103,13 @@ class Call:
     script: LuaScript
     keys: tuple[str, ...]
     args: tuple[str | bytes | int, ...]
+
+    def cmd(self) -> Cmd:
+        return evalsha(self.script, self.keys, self.args)
+
+    @property
+    def durable(self) -> bool:
+        return self.script.name in DURABLE_SCRIPTS
 
 
 @dataclass(frozen=True)
@@ -100,6 +143,15 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def scored(reply: Any) -> list[tuple[Any, float]]:
+    """A WITHSCORES reply as (member, score) pairs: RESP2 sends a flat list, RESP3 pairs."""
+    if not reply:
+        return []
+    if isinstance(reply[0], (list, tuple)):
+        return [(m, float(sc)) for m, sc in reply]
+    return [(reply[i], float(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
 def _pipeline_refill(fn: Callable[..., Any]) -> Callable[[], None]:
     """For a pipeline's ``execute``: a function that puts its commands back before a retry.
 
@@ -124,7 +176,7 @@ class StoreCore:
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
-        self.schema = KeySchema(config.prefix)
+        self.schema = KeySchema(config.prefix, config.buckets, config.queue_shards)
         self._keys: dict[tuple[str | None, str], AppKeys] = {}
 
     def keys(self, partition_key: str | None, app_id: str) -> AppKeys:
@@ -141,7 +193,7 @@ class StoreCore:
         return {
             "stop": stop_after_attempt(p.attempts) | stop_after_delay(p.deadline),
             "wait": wait_random_exponential(multiplier=p.initial, max=p.maximum),  # full jitter
-            "retry": retry_if_exception_type(TRANSIENT),
+            "retry": retry_if_exception(is_transient),
             "reraise": True,
         }
 
@@ -225,7 +277,7 @@ class StoreCore:
         self, partition_key: str | None, app_id: str, nonce: str, ttl_ms: int, worker: str = ""
     ) -> Call:
         k = self.keys(partition_key, app_id)
-        return Call(script("acquire"), (k.meta, k.snaps, k.lease, k.job), (nonce, ttl_ms, worker))
+        return Call(script("acquire"), (k.meta, k.snaps, k.lease, k.job, k.counts), (nonce, ttl_ms, worker))
 
     def read_acquire(
         self, reply: Sequence[Any], partition_key: str | None, app_id: str
@@ -253,60 +305,63 @@ class StoreCore:
     def release_call(self, partition_key: str | None, app_id: str, token: str) -> Call:
         return Call(script("release"), (self.keys(partition_key, app_id).lease,), (token,))
 
+    # -- plain commands ------------------------------------------------------------------
+    def list_cmds(self, partition_key: str | None) -> list[Cmd]:
+        """The partition's index in every bucket (an app's index entry lives in its bucket)."""
+        return [
+            Cmd(k, ("ZRANGE", k, 0, -1, "WITHSCORES")) for k in self.schema.partition_indexes(partition_key)
+        ]
+
+    @staticmethod
+    def read_app_ids(replies: Sequence[Any]) -> list[str]:
+        """Newest first, like Burr's own persisters."""
+        flat = [(score, _s(member)) for reply in replies for member, score in scored(reply)]
+        return [app for _, app in sorted(flat, reverse=True)]
+
+    def head_cmd(self, partition_key: str | None, app_id: str) -> Cmd:
+        k = self.keys(partition_key, app_id)
+        return Cmd(k.meta, ("HGET", k.meta, "head"))
+
+    @staticmethod
+    def read_head(reply: Any) -> int | None:
+        return None if reply is None else int(reply)
+
+    def expire_cmds(self, partition_key: str | None, app_id: str, ttl: float | None) -> list[Cmd]:
+        seconds = ttl if ttl is not None else self.config.finished_ttl
+        if seconds is None:
+            return []
+        k = self.keys(partition_key, app_id)
+        ms = int(seconds * 1000)
+        return [Cmd(k.meta, ("PEXPIRE", k.meta, ms)), Cmd(k.snaps, ("PEXPIRE", k.snaps, ms))]
+
 
 class RedisStore(StoreCore):
-    """Synchronous store over a ``redis.Redis`` client."""
+    """Synchronous store over a redis-py client: ``Redis`` (one server, or a Sentinel-managed
+    master) or ``RedisCluster``; :meth:`from_url` makes the right one."""
 
-    def __init__(self, client: redis.Redis, config: StoreConfig | None = None) -> None:
+    def __init__(self, client: Any, config: StoreConfig | None = None) -> None:
         super().__init__(config or StoreConfig())
         self.client = client
+        self.transport = Transport(client, self.config.durability(), self.config.retry)
 
     @classmethod
     def from_url(cls, url: str | None = None, **config: Any) -> RedisStore:
-        return cls(connect(url), StoreConfig(**config))
+        target = resolve_target(url)
+        return cls(connect(target), StoreConfig.for_target(target, **config))
 
     def run(self, call: Call, before_try: Callable[[], None] | None = None) -> Any:
-        """EVALSHA with NOSCRIPT fallback, retried on connection errors.
+        """EVALSHA routed to the slot's node, retried on transient errors, confirmed by WAIT
+        when the script is one a guarantee rests on. Every script is safe to send again:
+        commit.lua recognises its own write id, acquire.lua its nonce, settle.lua and
+        control.lua their request, and the others are reads or token-checked."""
+        return self.transport.execute([call.cmd()], durable=call.durable, before_try=before_try)[0]
 
-        Safe to retry every script here: commit.lua recognises its own write id, the others are
-        reads or token-checked."""
-        if before_try is not None:
-            before_try()
-        try:
-            return self._eval(call)
-        except TRANSIENT:
-            pass  # retried below: every script here is safe to send again
-        try:
-            for attempt in Retrying(**self.retrying_kwargs()):
-                with attempt:
-                    if before_try is not None:
-                        before_try()
-                    return self._eval(call)
-        except TRANSIENT as e:
-            raise RedisUnavailable(
-                f"Redis unreachable running {call.script.name}: {e}", script=call.script.name
-            ) from e
+    def run_many(self, calls: Sequence[Call]) -> list[Any]:
+        """Several calls in as few round trips as the topology allows (one per node)."""
+        return self.transport.execute([c.cmd() for c in calls], durable=any(c.durable for c in calls))
 
-    def _eval(self, call: Call) -> Any:
-        # One pooled connection, EVALSHA sent directly: this is the per-step path, and redis-py's
-        # per-command wrapper costs about as much as the script itself. Errors disconnect the
-        # connection (read_response does) and our own retry policy decides what happens next.
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            try:
-                conn.send_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-                return conn.read_response()
-            except redis.exceptions.NoScriptError:
-                conn.send_command("SCRIPT", "LOAD", call.script.source)
-                conn.read_response()
-                conn.send_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-                return conn.read_response()
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
+    def commands(self, cmds: Sequence[Cmd], *, durable: bool = False) -> list[Any]:
+        return self.transport.execute(cmds, durable=durable)
 
     def load(
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None
@@ -315,92 +370,58 @@ class RedisStore(StoreCore):
         return self.read_load(reply, partition_key, app_id, sequence_id)
 
     def list_app_ids(self, partition_key: str | None) -> list[str]:
-        return [
-            _s(m)
-            for m in self._with_retry(
-                self.client.zrevrange, self.schema.partition_index(partition_key), 0, -1
-            )
-        ]
+        return self.read_app_ids(self.commands(self.list_cmds(partition_key)))
 
     def head_sequence(self, partition_key: str | None, app_id: str) -> int | None:
-        head = self._with_retry(self.client.hget, self.keys(partition_key, app_id).meta, "head")
-        return None if head is None else int(head)
+        return self.read_head(self.commands([self.head_cmd(partition_key, app_id)])[0])
 
     def expire_app(self, partition_key: str | None, app_id: str, ttl: float | None = None) -> None:
         """Let a finished app's keys expire after ``ttl`` (default ``finished_ttl``) seconds."""
-        seconds = ttl if ttl is not None else self.config.finished_ttl
-        if seconds is None:
-            return
-        k = self.keys(partition_key, app_id)
-        ms = int(seconds * 1000)
-
-        def expire() -> Any:  # a fresh pipeline per try: execute() empties it even when it fails
-            pipe = self.client.pipeline(transaction=True)
-            pipe.pexpire(k.meta, ms)
-            pipe.pexpire(k.snaps, ms)
-            return pipe.execute()
-
-        self._with_retry(expire)
+        cmds = self.expire_cmds(partition_key, app_id, ttl)
+        if cmds:
+            self.commands(cmds)
 
     def _with_retry(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call ``fn`` with our retry policy. Only for idempotent commands and pipelines of them."""
+        """Call ``fn`` (a redis-py client method) with our retry policy. Only for idempotent
+        commands and non-transactional pipelines of them (Cluster splits those by node)."""
         refill = _pipeline_refill(fn)
         try:
             for attempt in Retrying(**self.retrying_kwargs()):
                 with attempt:
                     refill()
                     return fn(*args)
-        except TRANSIENT as e:
-            raise RedisUnavailable(f"Redis unreachable: {e}") from e
+        except Exception as e:
+            if is_transient(e):
+                raise RedisUnavailable(f"Redis unreachable: {e}") from e
+            raise
 
 
 class AsyncRedisStore(StoreCore):
-    """Asynchronous store over a ``redis.asyncio.Redis`` client; same logic as RedisStore."""
+    """Asynchronous store over a ``redis.asyncio`` client; same logic as RedisStore."""
 
-    def __init__(self, client: aioredis.Redis, config: StoreConfig | None = None) -> None:
+    def __init__(self, client: Any, config: StoreConfig | None = None) -> None:
         super().__init__(config or StoreConfig())
         self.client = client
+        self.transport = AsyncTransport(client, self.config.durability(), self.config.retry)
 
     @classmethod
     def from_url(cls, url: str | None = None, **config: Any) -> AsyncRedisStore:
-        return cls(aconnect(url), StoreConfig(**config))
+        target = resolve_target(url)
+        return cls(aconnect(target), StoreConfig.for_target(target, **config))
 
     async def run(self, call: Call, before_try: Callable[[], None] | None = None) -> Any:
-        if before_try is not None:
-            before_try()
-        try:
-            return await self._eval(call)
-        except TRANSIENT:
-            pass  # retried below: every script here is safe to send again
-        try:
-            async for attempt in AsyncRetrying(**self.retrying_kwargs()):
-                with attempt:
-                    if before_try is not None:
-                        before_try()
-                    return await self._eval(call)
-        except TRANSIENT as e:
-            raise RedisUnavailable(
-                f"Redis unreachable running {call.script.name}: {e}", script=call.script.name
-            ) from e
+        replies = await self.transport.execute([call.cmd()], durable=call.durable, before_try=before_try)
+        return replies[0]
 
-    async def _eval(self, call: Call) -> Any:
-        # Same direct path as RedisStore._eval.
-        pool = self.client.connection_pool
-        conn = await pool.get_connection()
-        try:
-            try:
-                await conn.send_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-                return await conn.read_response()
-            except redis.exceptions.NoScriptError:
-                await conn.send_command("SCRIPT", "LOAD", call.script.source)
-                await conn.read_response()
-                await conn.send_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-                return await conn.read_response()
-        except BaseException:
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
+    async def run_many(self, calls: Sequence[Call]) -> list[Any]:
+        return await self.transport.execute([c.cmd() for c in calls], durable=any(c.durable for c in calls))
+
+    async def commands(self, cmds: Sequence[Cmd], *, durable: bool = False) -> list[Any]:
+        return await self.transport.execute(cmds, durable=durable)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+        await self.client.aclose()
 
     async def load(
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None
@@ -409,29 +430,15 @@ class AsyncRedisStore(StoreCore):
         return self.read_load(reply, partition_key, app_id, sequence_id)
 
     async def list_app_ids(self, partition_key: str | None) -> list[str]:
-        members = await self._with_retry(
-            self.client.zrevrange, self.schema.partition_index(partition_key), 0, -1
-        )
-        return [_s(m) for m in members]
+        return self.read_app_ids(await self.commands(self.list_cmds(partition_key)))
 
     async def head_sequence(self, partition_key: str | None, app_id: str) -> int | None:
-        head = await self._with_retry(self.client.hget, self.keys(partition_key, app_id).meta, "head")
-        return None if head is None else int(head)
+        return self.read_head((await self.commands([self.head_cmd(partition_key, app_id)]))[0])
 
     async def expire_app(self, partition_key: str | None, app_id: str, ttl: float | None = None) -> None:
-        seconds = ttl if ttl is not None else self.config.finished_ttl
-        if seconds is None:
-            return
-        k = self.keys(partition_key, app_id)
-        ms = int(seconds * 1000)
-
-        async def expire() -> Any:  # a fresh pipeline per try: execute() empties it even when it fails
-            pipe = self.client.pipeline(transaction=True)
-            pipe.pexpire(k.meta, ms)
-            pipe.pexpire(k.snaps, ms)
-            return await pipe.execute()
-
-        await self._with_retry(expire)
+        cmds = self.expire_cmds(partition_key, app_id, ttl)
+        if cmds:
+            await self.commands(cmds)
 
     async def _with_retry(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Async twin of RedisStore._with_retry."""
@@ -441,5 +448,7 @@ class AsyncRedisStore(StoreCore):
                 with attempt:
                     refill()
                     return await fn(*args)
-        except TRANSIENT as e:
-            raise RedisUnavailable(f"Redis unreachable: {e}") from e
+        except Exception as e:
+            if is_transient(e):
+                raise RedisUnavailable(f"Redis unreachable: {e}") from e
+            raise

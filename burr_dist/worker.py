@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from burr.core import Application
 
-from burr_dist.connection import aconnect, connect
+from burr_dist.connection import aconnect, connect, resolve_target
 from burr_dist.errors import (
     AppNotRunnable,
     BurrDistError,
@@ -40,6 +40,7 @@ from burr_dist.errors import (
     LeaseError,
     LeaseLost,
     LeaseNotHeld,
+    NotDurable,
     SequenceConflict,
     StoreRewound,
 )
@@ -48,7 +49,8 @@ from burr_dist.persister import AsyncRedisPersister, RedisPersister
 from burr_dist.queue import DEFAULT_QUEUE, AsyncFleetClient
 from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
 from burr_dist.safety import EpochWatch, check_eviction_policy
-from burr_dist.store import RedisStore, StoreConfig
+from burr_dist.store import RedisStore, StoreConfig, scored
+from burr_dist.transport import Cmd
 
 if TYPE_CHECKING:
     from burr_dist.chaos.history import HistoryRecorder
@@ -96,14 +98,20 @@ class Worker:
         worker_id: str | None = None,
         allow_evicting_redis: bool = False,
         history: HistoryRecorder | None = None,
+        wait_replicas: int | None = None,
+        wait_timeout_ms: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1", concurrency=concurrency)
         if lease_ttl <= 0.3:
             raise ConfigurationError("lease_ttl must be > 0.3 s", lease_ttl=lease_ttl)
         self.registry = registry
-        self.url = url
-        self.config = StoreConfig(prefix=prefix, finished_ttl=finished_ttl)
+        self.target = resolve_target(url)
+        self.url = self.target
+        self.config = StoreConfig.for_target(
+            self.target, prefix=prefix, finished_ttl=finished_ttl,
+            wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
+        )  # fmt: skip
         self.queues = tuple(queues)
         self.concurrency = concurrency
         self.lease_ttl = lease_ttl
@@ -123,7 +131,7 @@ class Worker:
         self.allow_evicting_redis = allow_evicting_redis
         self.history = history
         self._leases: dict[str, AsyncLease] = {}  # member -> lease, while held
-        self._epoch: EpochWatch | None = None  # created in run(), with the fleet's key schema
+        self._epochs: dict[str, EpochWatch] = {}  # epoch key -> what this worker saw there
         self.fatal: StoreRewound | None = None
 
     @property
@@ -166,14 +174,16 @@ class Worker:
         self.fleet = AsyncFleetClient(aconnect(self.url), self.config)
         self.sync_store = RedisStore(connect(self.url), self.config)
         for q in self.queues:
-            self.fleet.schema.queue(q)
+            self.fleet.schema.queue_shard(q, 0)  # validates the name
         try:
-            await check_eviction_policy(self.fleet.client, allow=self.allow_evicting_redis)
+            await check_eviction_policy(
+                await self.fleet.transport.primaries(), allow=self.allow_evicting_redis
+            )
+            await self.fleet.commands([self.fleet.queue_name_cmd(self.queues)])
         except BaseException:
-            await self.fleet.client.aclose()
+            await self.fleet.aclose()
             self.sync_store.client.close()
             raise
-        self._epoch = EpochWatch(self.fleet.schema.epoch())
         background = asyncio.create_task(self._background())
         log.info(
             "worker %s started: queues=%s concurrency=%d", self.id, ",".join(self.queues), self.concurrency
@@ -185,11 +195,11 @@ class Worker:
         finally:
             background.cancel()
             try:
-                await self.fleet.client.zrem(self.fleet.schema.workers(), self.id)
-                await self.fleet.client.delete(self.fleet.schema.worker(self.id))
+                workers, me = self.fleet.schema.workers(), self.fleet.schema.worker(self.id)
+                await self.fleet.commands([Cmd(workers, ("ZREM", workers, self.id)), Cmd(me, ("DEL", me))])
             except Exception as e:  # the registry entry expires on its own
                 log.warning("could not deregister worker %s: %s", self.id, e)
-            await self.fleet.client.aclose()
+            await self.fleet.aclose()
             self.sync_store.client.close()
             self._pool.shutdown(wait=False)
             log.info("worker %s stopped after %d claims", self.id, self.completed_claims)
@@ -214,12 +224,11 @@ class Worker:
                 if free <= 0 or self.stopping:
                     break
                 try:
-                    members = await self.fleet.run(self.fleet.claim_call(queue, free, self.claim_ms))
+                    members = await self._claim(queue, free)
                 except BurrDistError as e:
                     log.warning("claim on %s failed: %s", queue, e)
                     members = []
-                for raw in members:
-                    member = raw.decode() if isinstance(raw, bytes) else raw
+                for member in members:
                     if member in self._tasks:
                         # We already run it (a stale duplicate entry reached ready): the claim
                         # just re-created the active entry our touches keep alive. A second task
@@ -239,6 +248,19 @@ class Worker:
                     if w not in self._tasks.values() and not w.done():
                         w.cancel()
 
+    async def _claim(self, queue: str, free: int) -> list[str]:
+        """Claim up to ``free`` apps of ``queue``, oldest due first across its shards: one read of
+        every shard's earliest entry (one round trip per node), then claims shard by shard."""
+        heads = await self.fleet.commands(self.fleet.peek_cmds(queue))
+        order = sorted((scored(h)[0][1], shard) for shard, h in enumerate(heads) if h)
+        out: list[str] = []
+        for _, shard in order:
+            if len(out) >= free:
+                break
+            got = await self.fleet.run(self.fleet.claim_call(queue, shard, free - len(out), self.claim_ms))
+            out += [m.decode() if isinstance(m, bytes) else str(m) for m in got]
+        return out
+
     def _forget(self, member: str, _task: asyncio.Task[None]) -> None:
         self._tasks.pop(member, None)
         self._held.pop(member, None)
@@ -251,42 +273,67 @@ class Worker:
         last_sweep = 0.0
         while True:
             try:
-                _, epoch_id, epoch = await self.fleet.run(self.fleet.heartbeat_call(self.id, int(max(3 * every, self.lease_ttl) * 1000), {
+                await self.fleet.run(self.fleet.heartbeat_call(self.id, int(max(3 * every, self.lease_ttl) * 1000), {
                     "host": socket.gethostname(), "pid": str(os.getpid()), "queues": ",".join(self.queues),
                     "concurrency": str(self.concurrency), "running": str(len(self._tasks)),
                     "state": "stopping" if self.stopping else "running",
                 }))  # fmt: skip
-                assert self._epoch is not None
-                rewound = self._epoch.observe(epoch_id.decode(), int(epoch))
+                rewound = await self._check_epochs()
                 if rewound is not None:
                     self._rewound(rewound)
                     return
-                by_queue: dict[str, list[str]] = {}
+                by_shard: dict[tuple[str, int], list[str]] = {}
                 for member, queue in list(self._held.items()):
-                    by_queue.setdefault(queue, []).append(member)
-                for queue, members in by_queue.items():
-                    await self.fleet.run(self.fleet.touch_call(queue, self.claim_ms, members))
+                    by_shard.setdefault((queue, self.fleet.schema.shard_of(member)), []).append(member)
+                if by_shard:
+                    await self.fleet.run_many(
+                        [
+                            self.fleet.touch_call(q, shard, self.claim_ms, m)
+                            for (q, shard), m in by_shard.items()
+                        ]
+                    )
                 if time.monotonic() - last_sweep >= self.sweep_interval:
                     last_sweep = time.monotonic()
-                    for queue in self.queues:
-                        moved = await self.fleet.run(self.fleet.sweep_call(queue))
-                        if moved:
-                            log.info("swept %d expired claims back to %s", len(moved), queue)
+                    calls = [
+                        self.fleet.sweep_call(q, shard)
+                        for q in self.queues
+                        for shard in range(self.fleet.schema.queue_shards)
+                    ]
+                    moved = sum(len(m) for m in await self.fleet.run_many(calls))
+                    if moved:
+                        log.info("swept %d expired claims back to %s", moved, ",".join(self.queues))
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.warning("worker background round failed: %s", e)
             await asyncio.sleep(every)
 
+    async def _check_epochs(self) -> StoreRewound | None:
+        """Bump the store epoch on every primary (one bucket each) and compare with what this
+        worker saw there before. An epoch write WAIT did not confirm is not remembered."""
+        buckets = await self.fleet.transport.bucket_per_node(self.fleet.schema)
+        try:
+            replies = await self.fleet.run_many(
+                [self.fleet.epoch_call(b, os.urandom(8).hex()) for b in buckets]
+            )
+        except NotDurable as e:
+            log.warning("store epoch not confirmed by replicas: %s", e)
+            return None
+        for bucket, (epoch_id, n) in zip(buckets, replies, strict=True):
+            key = self.fleet.schema.epoch(bucket)
+            watch = self._epochs.setdefault(key, EpochWatch(key))
+            rewound = watch.observe(
+                epoch_id.decode() if isinstance(epoch_id, bytes) else str(epoch_id), int(n)
+            )
+            if rewound is not None:
+                return rewound
+        return None
+
     # -- one claim -----------------------------------------------------------------------
     async def _ack(self, queue: str, member: str, status: str | None, run_at_ms: int | None) -> None:
         """Queue side of a settle: drop the active entry; re-add to ready if it runs again."""
-        q = self.fleet.schema.queue(queue)
-        pipe = self.fleet.client.pipeline(transaction=True)
-        pipe.zrem(q.active, member)
-        if status == "queued" and run_at_ms is not None:
-            pipe.zadd(q.ready, {member: run_at_ms}, nx=True)
-        await self.fleet._with_retry(pipe.execute)
+        again = run_at_ms if status == "queued" else None
+        await self.fleet.run(self.fleet.ack_call(queue, member, again))
 
     async def _emit(
         self, kind: str, spec_name: str, lease: AsyncLease, app: Application | None, error: str | None = None
@@ -311,8 +358,8 @@ class Worker:
         except LeaseNotHeld as e:
             self._complete(op, "failed")
             # Someone still holds it (a slow worker): try again once its lease would have expired.
-            now_s, now_us = await self.fleet.client.time()
-            await self._ack(queue, member, "queued", now_s * 1000 + now_us // 1000 + max(e.pttl_ms, 100))
+            now_ms = await self.fleet.server_time_ms()
+            await self._ack(queue, member, "queued", now_ms + max(e.pttl_ms, 100))
             return
         except Exception:
             self._complete(op, "unknown")

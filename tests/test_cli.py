@@ -90,7 +90,7 @@ def test_enqueue_reports_created_then_existing(fleet_server: EmbeddedServer) -> 
     url = fleet_server.url
     first = ok(url, "enqueue", "counter", "--app-id", "c1", "--state", '{"target": 3}')
     assert first == {"app_id": "c1", "partition_key": "default", "created": True, "status": "queued",
-                     "run_at_ms": first["run_at_ms"]}  # fmt: skip
+                     "run_at_ms": first["run_at_ms"], "queue": "default"}  # fmt: skip
     again = run(url, "enqueue", "counter", "--app-id", "c1", "--state", '{"target": 99}')
     assert again.exit_code == 0 and "c1 already existed (queued)" in again.stdout
     assert ok(url, "show", "c1")["state"] == {"target": 3}  # the first enqueue won

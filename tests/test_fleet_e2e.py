@@ -65,10 +65,13 @@ class Fleet:
             raise AssertionError(f"not {status} after {timeout}s: {late}") from None
 
     def ready(self) -> list[str]:
-        return [m.decode() for m in self.client.zrange(self.fc.schema.queue("default").ready, 0, -1)]
+        """Every shard's ready entries (in shard order)."""
+        shards = self.fc.schema.queue_shards_of("default")
+        return [m.decode() for q in shards for m in self.client.zrange(q.ready, 0, -1)]
 
     def active(self) -> list[str]:
-        return [m.decode() for m in self.client.zrange(self.fc.schema.queue("default").active, 0, -1)]
+        shards = self.fc.schema.queue_shards_of("default")
+        return [m.decode() for q in shards for m in self.client.zrange(q.active, 0, -1)]
 
     def close(self) -> None:
         for w in self.workers:
@@ -449,7 +452,7 @@ def test_stale_duplicate_ready_entry_of_a_running_app_spawns_no_second_task(flee
     w = fleet.spawn(registry_module=SUPPORT, concurrency=2)
     fleet.fc.enqueue("slow", app_id="m", state={"target": 40, "delay": 0.2})
     wait_until(lambda: fleet.status("m") == "running", 10, "m running", alive=w)
-    fleet.client.zadd(fleet.fc.schema.queue("default").ready, {member("m"): 0})
+    fleet.client.zadd(fleet.fc.schema.queue_for("default", member("m")).ready, {member("m"): 0})
     time.sleep(0.6)  # several claim polls and touches
     assert fleet.ready() == [] and fleet.active() == [member("m")]
     info = next(x for x in fleet.fc.workers() if x["id"] == w.id)

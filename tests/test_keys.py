@@ -1,5 +1,6 @@
-"""Properties of the key schema: reversible, injective encoding; one Redis Cluster slot per
-partition; no raw glob characters, braces or spaces outside the hash tag."""
+"""Properties of the key schema: reversible, injective encoding; every key of an app (and its
+bucket's counters and partition index) in one Redis Cluster slot; buckets and queue shards spread
+evenly over the slot space; no raw glob characters, braces or spaces outside the hash tag."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from burr_dist import ConfigurationError
-from burr_dist.keys import DEFAULT_PARTITION, KeySchema, decode_id, encode_id, partition_of
+from burr_dist.keys import DEFAULT_PARTITION, KeySchema, decode_id, encode_id, partition_of, spread_tags
 
 NASTY = list(":{}*?[]\\ %\t\n\r\"'^!-_.@")
 ids = st.text(
@@ -27,7 +28,7 @@ KEYS_SETTINGS = settings(deadline=None, max_examples=150)
 
 
 def all_keys(schema: KeySchema, pk: str | None, app_id: str) -> list[str]:
-    return list(dataclasses.astuple(schema.app(pk, app_id)))
+    return [v for v in dataclasses.astuple(schema.app(pk, app_id)) if isinstance(v, str)]
 
 
 def tag_of(key: str) -> str:
@@ -57,10 +58,14 @@ def test_keys_of_an_app_share_one_slot_and_are_clean(prefix: str, pk: str | None
     schema = KeySchema(prefix)
     keys = all_keys(schema, pk, app_id)
     assert len(set(keys)) == len(keys)
-    assert schema.app(pk, app_id).index == schema.partition_index(pk)
-    slots = {key_slot(k.encode()) for k in keys}
+    k = schema.app(pk, app_id)
+    assert k.index == schema.partition_index(pk, k.bucket)
+    assert k.index in schema.partition_indexes(pk)
+    slots = {key_slot(key.encode()) for key in keys}
     assert len(slots) == 1
-    assert slots == {key_slot(f"{{{encode_id(partition_of(pk))}}}".encode())}
+    member = schema.member(pk, app_id)
+    assert slots == {key_slot(schema.epoch(k.bucket).encode())}
+    assert schema.shard_of(member) in range(schema.queue_shards)
     for k in keys:
         assert k.startswith(prefix + ":")
         rest = k[len(prefix) + 1 :]
@@ -68,7 +73,7 @@ def test_keys_of_an_app_share_one_slot_and_are_clean(prefix: str, pk: str | None
         assert rest.startswith("{")
         assert rest.count("{") == 1
         assert rest.count("}") == 1
-        assert decode_id(tag_of(k)) == partition_of(pk)
+        assert tag_of(k) == spread_tags(schema.buckets)[schema.bucket_of(pk, app_id)]
         outside = rest.replace("{", "").replace("}", "")
         assert not (set(outside) & (FORBIDDEN_RAW - {":"}))
         assert k.isascii()
@@ -81,8 +86,8 @@ def test_distinct_apps_never_share_a_key(pk1: str | None, a1: str, pk2: str | No
     same_app = (partition_of(pk1), a1) == (partition_of(pk2), a2)
     k1 = schema.app(pk1, a1)
     k2 = schema.app(pk2, a2)
-    app_keys_1 = set(dataclasses.astuple(k1)) - {k1.index}  # meta, snaps, lease (and any later kind)
-    app_keys_2 = set(dataclasses.astuple(k2)) - {k2.index}
+    app_keys_1 = {k1.meta, k1.snaps, k1.lease, k1.job}
+    app_keys_2 = {k2.meta, k2.snaps, k2.lease, k2.job}
     if same_app:
         assert app_keys_1 == app_keys_2
     else:
@@ -90,20 +95,48 @@ def test_distinct_apps_never_share_a_key(pk1: str | None, a1: str, pk2: str | No
     # An app key is never a partition index, of its own partition or any other.
     assert k1.index not in app_keys_2
     assert k2.index not in app_keys_1
-    assert (k1.index == k2.index) == (partition_of(pk1) == partition_of(pk2))
+    assert (k1.index == k2.index) == (partition_of(pk1) == partition_of(pk2) and k1.bucket == k2.bucket)
+    # Nor the bucket's shared keys.
+    assert not ({k1.counts, schema.epoch(k1.bucket)} & (app_keys_1 | app_keys_2))
 
 
 def test_none_partition_is_the_default_partition() -> None:
     schema = KeySchema()
     assert schema.app(None, "a") == schema.app(DEFAULT_PARTITION, "a")
-    assert schema.app(None, "a").meta == "burr:{default}:a:meta"
-    assert schema.app("", "a").meta == "burr:{%}:a:meta"  # empty partition: still a non-empty tag
+    assert schema.app(None, "a").meta.endswith("}:default:a:meta")
+    assert schema.app("", "a").meta.endswith("}:%:a:meta")  # empty partition: a non-empty segment
 
 
 def test_readable_ids_stay_readable() -> None:
     k = KeySchema("acme:prod").app("user-42", "chat_7")
-    assert k.meta == "acme:prod:{user-42}:chat_7:meta"
-    assert KeySchema().app("a:b", "x{y}*").meta == "burr:{a%3Ab}:x%7By%7D%2A:meta"
+    assert k.meta == f"acme:prod:{{{spread_tags(256)[k.bucket]}}}:user-42:chat_7:meta"
+    assert KeySchema().app("a:b", "x{y}*").meta.endswith("}:a%3Ab:x%7By%7D%2A:meta")
+
+
+def test_the_layout_is_pinned() -> None:
+    """Key names are data: a change here strands every app stored under the old names."""
+    k = KeySchema().app("default", "app1")
+    assert k.meta == "burr:{221.321}:default:app1:meta"
+    assert KeySchema().queue_for("default", "default:app1").ready == "burr:{q13.62}:q:default:ready"
+    assert spread_tags(256)[:3] == ("0.178", "1.341", "2.235")
+
+
+@pytest.mark.parametrize(("count", "lead"), [(256, ""), (16, "q"), (3, ""), (1, "")])
+def test_spread_tags_cover_the_slot_space_evenly(count: int, lead: str) -> None:
+    tags = spread_tags(count, lead)
+    assert len(set(tags)) == count
+    for i, tag in enumerate(tags):
+        assert i * 16384 // count <= key_slot(tag.encode()) < (i + 1) * 16384 // count
+
+
+def test_apps_of_one_partition_spread_over_three_masters_within_a_few_percent() -> None:
+    """The default 3-master split of redis-cli --cluster create: 0-5460, 5461-10922, 10923-16383."""
+    schema = KeySchema()
+    per_master = [0, 0, 0]
+    for i in range(10_000):
+        slot = key_slot(schema.app(None, f"app-{i}").meta.encode())
+        per_master[0 if slot <= 5460 else 1 if slot <= 10922 else 2] += 1
+    assert all(abs(n - 10_000 / 3) / (10_000 / 3) < 0.05 for n in per_master), per_master
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,10 @@ KEYS = KeySchema("burr")
 
 
 def expected_keys(pk: str | None, apps: list[str]) -> set[bytes]:
-    out = {KEYS.partition_index(pk).encode()}
+    out: set[bytes] = set()
     for app_id in apps:
         k = KEYS.app(pk, app_id)
-        out |= {k.meta.encode(), k.snaps.encode()}
+        out |= {k.meta.encode(), k.snaps.encode(), k.index.encode()}  # the index of the app's bucket
     return out
 
 
@@ -49,7 +49,8 @@ def test_run_app_leaves_only_meta_snaps_and_index(
         k = KEYS.app(pk, app_id)
         assert client.hlen(k.snaps) == 4
         assert client.pttl(k.meta) == -1
-    assert sorted(m.decode() for m in client.zrange(KEYS.partition_index(pk), 0, -1)) == sorted(apps)
+    indexed = [m.decode() for key in KEYS.partition_indexes(pk) for m in client.zrange(key, 0, -1)]
+    assert sorted(indexed) == sorted(apps)
 
 
 async def test_arun_app_leaves_only_meta_snaps_and_index(

@@ -188,15 +188,18 @@ class _ReplyLostThenTakeover(RedisStore):
 
     def __init__(self, client: redis.Redis, between: Callable[[], None]) -> None:
         super().__init__(client, StoreConfig())
-        self.armed, self.between = True, between
+        armed = [True]
+        real = self.transport._send
 
-    def _eval(self, call: Any) -> Any:
-        reply = super()._eval(call)
-        if self.armed and call.script.name == "commit":
-            self.armed = False
-            self.between()
-            raise redis.ConnectionError("connection reset: reply lost")
-        return reply
+        def send(batch: Any, pool: Any, idx: list[int], node: str) -> None:
+            real(batch, pool, idx, node)
+            if armed[0] and any(batch.cmds[i].name == "commit" for i in idx):
+                armed[0] = False
+                between()
+                batch.pending.update(idx)  # the reply never arrived
+                raise redis.ConnectionError("connection reset: reply lost")
+
+        self.transport._send = send  # type: ignore[method-assign]
 
 
 def test_refused_retry_of_an_applied_commit_is_recorded_unknown(

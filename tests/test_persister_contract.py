@@ -223,9 +223,9 @@ def test_partition_key_none_is_the_default_partition(d: Driver, client: redis.Re
     d.steps(app, 2)
 
     keys = KEYS.app(None, "a1")
-    assert keys.meta == "burr:{default}:a1:meta"
+    assert keys.meta == KEYS.app("default", "a1").meta and keys.meta.endswith("}:default:a1:meta")
     assert client.hlen(keys.snaps) == 2
-    assert client.zrange("burr:{default}:apps", 0, -1) == [b"a1"]
+    assert client.zrange(keys.index, 0, -1) == [b"a1"] and keys.index.endswith("}:default:apps")
     head = d.call(p.load, None, "a1")
     assert head["sequence_id"] == 1
     assert head["partition_key"] is None

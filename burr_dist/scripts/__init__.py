@@ -1,4 +1,8 @@
-"""Lua scripts shipped as package data, read once at first use (no I/O at import time)."""
+"""Lua scripts shipped as package data, read once at first use (no I/O at import time).
+
+Every script starts with ``#!lua`` (Redis 7 function flags: without it a script may reach keys of
+other slots it did not declare); ``_prelude.lua`` (shared helpers) is inserted after that line.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,15 @@ class LuaScript:
     sha: str
 
 
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
 @cache
 def script(name: str) -> LuaScript:
-    source = resources.files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    text = _read(name)
+    first, _, body = text.partition("\n")
+    if not first.startswith("#!lua"):
+        raise ValueError(f"scripts/{name}.lua must start with a #!lua line")
+    source = f"{first}\n{_read('_prelude')}{body}"
     return LuaScript(name=name, source=source, sha=hashlib.sha1(source.encode()).hexdigest())

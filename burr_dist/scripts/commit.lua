@@ -1,8 +1,9 @@
+#!lua
 -- commit.lua: compare-and-set one Burr step, fenced by the lease when a token is given.
 -- KEYS[1] meta   hash   head, pos, status, oldest, wid, fence
 -- KEYS[2] snaps  hash   seq -> snapshot JSON (starts with {"w":"<16-hex write id>", ...)
 -- KEYS[3] lease  string current lease token (absent when nobody holds the app)
--- KEYS[4] index  zset   partition index: app id -> server time of its first commit (ms)
+-- KEYS[4] index  zset   the partition's index in this bucket: app id -> first commit (server ms)
 -- KEYS[5] job    hash   fleet record; only its 'cancel' field is read (absent outside a fleet)
 -- ARGV[1] seq     sequence id of the step being committed
 -- ARGV[2] blob    snapshot JSON
@@ -48,7 +49,6 @@ redis.call('HSET', KEYS[1], 'head', ARGV[1], 'pos', ARGV[3], 'status', ARGV[4],
   'oldest', tostring(oldest), 'wid', ARGV[5])
 if not head then
   -- First commit of the app: index it once, by creation time on the server's clock.
-  local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[4], 'NX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[8])
+  redis.call('ZADD', KEYS[4], 'NX', now_ms(), ARGV[8])
 end
 return {1, seq, redis.call('HGET', KEYS[5], 'cancel') or ''}

@@ -1,18 +1,20 @@
+#!lua
 -- enqueue.lua: create an app's fleet record, once. Idempotent: an existing record is returned.
 -- KEYS[1] job    hash   fleet record of the app
+-- KEYS[2] counts hash   the bucket's status counters
 -- ARGV[1] delay_ms   run no earlier than server time + delay
 -- ARGV[2..] field, value pairs of the new record (name, queue, state, inputs, entrypoint, fork_*)
--- Returns {1, run_at_ms} created; {0, status, run_at_ms_or_""} the record already existed.
-local existing = redis.call('HMGET', KEYS[1], 'status', 'run_at')
+-- Returns {1, run_at_ms} created; {0, status, run_at_ms_or_"", queue} the record already existed.
+local existing = redis.call('HMGET', KEYS[1], 'status', 'run_at', 'queue')
 if existing[1] then
-  return {0, existing[1], existing[2] or ''}
+  return {0, existing[1], existing[2] or '', existing[3] or ''}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local run_at = now + tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'claims', 0,
   'created_at', now, 'updated_at', now, 'run_at', run_at, 'inputs_at', '')
 for i = 2, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
+move_status(KEYS[2], nil, 'queued')
 return {1, run_at}

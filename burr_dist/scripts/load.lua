@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- load.lua: read the head (or a given sequence) of an app in one round trip.
 -- KEYS[1] meta   hash   head, oldest
 -- KEYS[2] snaps  hash   seq -> snapshot JSON

@@ -1,3 +1,4 @@
+#!lua
 -- release.lua: give a lease back, only if we still hold it.
 -- KEYS[1] lease   string lease token
 -- ARGV[1] token   the token acquire.lua returned

@@ -1,3 +1,4 @@
+#!lua
 -- renew.lua: extend a lease we still hold.
 -- KEYS[1] lease   string lease token
 -- ARGV[1] token   the token acquire.lua returned

@@ -1,10 +1,10 @@
+#!lua
 -- sweep.lua: return apps whose claim deadline passed (their worker died or stalled) to ready.
 -- KEYS[1] ready   zset
 -- KEYS[2] active  zset
 -- ARGV[1] max         most members to move
 -- Returns the members moved. Safe to run from every worker at once: each move is ZREM-guarded.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local moved = {}
 for _, member in ipairs(expired) do

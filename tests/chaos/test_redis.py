@@ -146,13 +146,13 @@ def test_evicting_maxmemory_policy_refused(caplog: pytest.LogCaptureFixture) -> 
         refused = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert refused.returncode == EXIT_BAD_INPUT, refused.stderr
         assert "maxmemory-policy" in refused.stderr and "--allow-evicting-redis" in refused.stderr
-        assert redis.Redis(port=srv.port).zcard("burr:w{fleet}:workers") == 0  # it never started
+        assert redis.Redis(port=srv.port).zcard("burr:{fleet}:workers") == 0  # it never started
 
         allowed = subprocess.Popen(
             [*cli, "--allow-evicting-redis"], cwd=ROOT, stderr=subprocess.PIPE, text=True
         )
         client = redis.Redis(port=srv.port)
-        wait_until(lambda: client.zcard("burr:w{fleet}:workers") == 1, 30, "the allowed worker to start")
+        wait_until(lambda: client.zcard("burr:{fleet}:workers") == 1, 30, "the allowed worker to start")
         allowed.send_signal(signal.SIGTERM)
         _, stderr = allowed.communicate(timeout=30)
         assert allowed.returncode == 0 and "starting anyway" in stderr, stderr
