@@ -31,6 +31,11 @@ from burr_dist.errors import ConfigurationError
 
 T = TypeVar("T")
 
+LOOPBACK = "127.0.0.1"
+# For servers that replicate in tests: replicas sync at once (the default waits 5 s for more
+# replicas to share one diskless sync) and SIGTERM does not wait for lagging replicas.
+FAST_REPLICATION = ["--repl-diskless-sync-delay", "0", "--shutdown-on-sigterm", "now"]
+
 
 def find_server_binary(prefer: str = "auto") -> str:
     """``prefer``: "auto" (redis-server, else valkey), "redis" or "valkey"."""
@@ -217,6 +222,11 @@ class EmbeddedServer:
         retry (redis-py's default would sleep up to seconds on each refused connection)."""
         defaults = {"socket_connect_timeout": 1.0, "socket_timeout": 5.0, "retry": Retry(NoBackoff(), 0)}
         return redis.Redis(**(self.client_kwargs() | defaults | kwargs))
+
+    def info(self, section: str) -> dict[str, str]:
+        """INFO ``section`` with every value as text."""
+        with self.client(socket_timeout=1.0) as c:
+            return {k: str(v) for k, v in c.info(section).items()}
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
