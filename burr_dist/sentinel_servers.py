@@ -205,6 +205,27 @@ class EmbeddedSentinel:
             c.execute_command("SENTINEL", "FAILOVER", self.service)
         return old
 
+    def restart(self, server: EmbeddedServer, *, as_replica: bool = True, timeout: float = 30.0) -> None:
+        """Start a killed data server again. ``as_replica``: as a replica of the announced master,
+        waiting until it is in sync (what the sentinels would do themselves, but only after
+        about 8 s of seeing it claim to be a master). Otherwise it starts with no --replicaof."""
+        server.kill()
+        extra = server.extra
+        if "--replicaof" in extra:
+            i = extra.index("--replicaof")
+            del extra[i : i + 3]
+        master = self.master()
+        as_replica = as_replica and master is not server  # not failed over (yet): master again
+        if as_replica:
+            extra += ["--replicaof", HOST, str(master.port)]
+        server.start()
+        if as_replica:
+            wait_for(
+                lambda: server.info("replication").get("master_link_status") == "up",
+                timeout,
+                f"port {server.port} in sync with the master",
+            )
+
     def wait_new_master(self, old: EmbeddedServer, timeout: float = 30.0) -> EmbeddedServer:
         """Wait until every running sentinel announces the same master, not ``old``, and that
         server reports role:master; return it."""

@@ -307,8 +307,10 @@ class EmbeddedCluster:
         self.paused.discard(node.port)
 
     def restart(self, node: EmbeddedServer, timeout: float = 30.0) -> None:
-        """Start a killed node again with its nodes.conf: it rejoins (as a replica if it was
-        failed over) and this waits until the cluster is consistent again."""
+        """Start a killed (or paused) node again with its nodes.conf: it rejoins (as a replica if
+        it was failed over) and this waits until the cluster is consistent again."""
+        node.kill()
+        self.paused.discard(node.port)
         node.start()
         self.wait_ready(timeout)
 

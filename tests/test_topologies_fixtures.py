@@ -143,6 +143,9 @@ def test_killing_the_sentinel_master_elects_the_replica(sentinel: EmbeddedSentin
         client.set("burr:s", "after")
         with new.client() as direct:
             assert direct.get("burr:s") == b"after"
+        sentinel.restart(old)  # back as a replica of the new master, in sync
+        with old.client() as direct:
+            assert direct.get("burr:s") == b"after"
     finally:
         client.close()
 
