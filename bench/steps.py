@@ -1,10 +1,13 @@
 """Steps per second of a trivial Burr app, in one process against one server:
 (a) no persister, (b) Burr's own RedisBasePersister, (c) burr_dist RedisPersister,
-(d) RedisPersister under a lease (every commit fenced).
+(d) RedisPersister under a lease (every commit fenced), and, on the embedded server (which then
+gets a replica), (e) and (f): (c) and (d) with ``wait_replicas=1`` (every commit confirmed by
+WAIT on the same connection).
 
     python bench/steps.py [--steps N] [--redis-url URL]
 
-Without --redis-url (or REDIS_URL) it starts an embedded server. The last line is the ratios.
+Without --redis-url (or REDIS_URL) it starts an embedded server and a replica of it. The last line
+is the ratios.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from burr.core import ApplicationBuilder, State, action
 from burr.core.persistence import BaseStatePersister
 from burr.integrations.persisters.b_redis import RedisBasePersister
 
-from burr_dist import Lease, RedisPersister, RedisStore
+from burr_dist import Lease, RedisPersister, RedisStore, StoreConfig
 from burr_dist.connection import connect
-from burr_dist.embedded import EmbeddedServer
+from burr_dist.embedded import EmbeddedServer, wait_for
 
 
 @action(reads=["n"], writes=["n"])
@@ -68,14 +71,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="best of N rounds per variant")
     ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
     args = ap.parse_args()
-    server = None
+    server = replica = None
     url = args.redis_url
     if not url:
         server = EmbeddedServer().start()
+        replica = EmbeddedServer(extra=["--replicaof", "127.0.0.1", str(server.port)]).start()
+        wait_for(lambda: replica.info("replication").get("master_link_status") == "up",
+                 10, "the replica in sync")  # fmt: skip
         url = server.url
     try:
         client = connect(url)
         store = RedisStore(client)
+        store_w1 = RedisStore(connect(url), StoreConfig(wait_replicas=1))
         burr_redis = RedisBasePersister(connect(url), namespace=f"bench{uuid.uuid4().hex[:6]}")
         # Raw round trip for scale: PING p50.
         lat = []
@@ -86,9 +93,9 @@ def main() -> None:
         lat.sort()
         print(f"server={url} raw_ping_p50_us={lat[len(lat) // 2] * 1e6:.1f}")
 
-        def leased() -> float:
+        def leased(on: RedisStore = store) -> float:
             app_id = f"bench-{uuid.uuid4().hex[:8]}"
-            with Lease(store, "bench", app_id, ttl=30).acquire() as lease:
+            with Lease(on, "bench", app_id, ttl=30).acquire() as lease:
                 app = make_app(lease.persister, app_id, "bench")
                 t0 = time.perf_counter()
                 for _ in range(args.steps):
@@ -101,19 +108,25 @@ def main() -> None:
             "c_burr_dist": lambda: timed(RedisPersister(store), args.steps),
             "d_burr_dist_leased": leased,
         }
+        if replica is not None:
+            variants["e_burr_dist_wait1"] = lambda: timed(RedisPersister(store_w1), args.steps)
+            variants["f_leased_wait1"] = lambda: leased(store_w1)
         best: dict[str, float] = {}
         for _ in range(args.rounds):  # interleave rounds so drift hits every variant alike
             for name, fn in variants.items():
                 best[name] = max(best.get(name, 0.0), fn())
         for name, rate in best.items():
             print(f"{name:22s} {rate:10.0f} steps/s")
-        a, b, c, d = (best[k] for k in variants)
+        a, b, c, d = (best[k] for k in list(variants)[:4])
+        wait_cost = f" wait1_vs_no_wait={best['e_burr_dist_wait1'] / c:.2f}" if replica is not None else ""
         print(
-            f"ratio_vs_burr_redis={c / b:.2f} ratio_leased_vs_burr_redis={d / b:.2f} ratio_vs_no_persister={c / a:.3f}"
+            f"ratio_vs_burr_redis={c / b:.2f} ratio_leased_vs_burr_redis={d / b:.2f} "
+            f"ratio_vs_no_persister={c / a:.3f}{wait_cost}"
         )
     finally:
-        if server is not None:
-            server.stop()
+        for srv in (replica, server):
+            if srv is not None:
+                srv.stop()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ bucket shares the hash tag ``{T}``, so each script touches one Cluster slot and 
 bucket's status counters and partition index atomically with the app. Bucket tags are chosen so
 that bucket ``i`` hashes into the ``i``-th equal range of the 16384 slots: buckets, and so apps
 (even of one partition), spread evenly over any set of masters that own contiguous slot ranges.
-Queues are split the same way into ``queue_shards`` shards (default 16) with tags ``q<i>...``.
+Queues are split the same way into ``queue_shards`` shards (default 24: an even split over 1, 2, 3, 4, 6, 8, 12 or 24 masters) with tags ``q<i>...``.
 Both counts are part of the key layout: every process of one fleet must use the same values.
 
 Encoding: ids are percent-encoded outside a small safe alphabet, so ``:``, ``{``, ``}``, glob
@@ -47,7 +47,7 @@ DEFAULT_PREFIX = "burr"
 # Burr passes partition_key=None when none was given; that is this partition.
 DEFAULT_PARTITION = "default"
 DEFAULT_BUCKETS = 256
-DEFAULT_QUEUE_SHARDS = 16
+DEFAULT_QUEUE_SHARDS = 24
 SLOTS = 16384
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.@+=,;!~")
