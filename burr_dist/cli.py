@@ -746,5 +746,26 @@ def reconcile() -> None:
         click.echo(f"re-queued {fixed} apps")
 
 
+@main.command("migrate-keys")
+@click.option("--dry-run", is_flag=True, help="Count what would move; change nothing.")
+@json_flag
+def migrate_keys(dry_run: bool) -> None:
+    """Move data written by burr_dist 0.1 to the current key layout.
+
+    Stop every worker first. One server or Sentinel only (0.1 never ran on Cluster). Safe to run
+    again: each app moves in one transaction.
+    """
+    from burr_dist.migrate import migrate_v1_layout
+
+    s = settings()
+    fleet = s.fleet()
+    report = migrate_v1_layout(fleet.client, fleet.schema, dry_run=dry_run)
+    if s.json:
+        emit_json({"apps": report.apps, "queue_entries": report.queue_entries, "dry_run": dry_run})
+    else:
+        verb = "would move" if dry_run else "moved"
+        click.echo(f"{verb} {report.apps} apps and {report.queue_entries} queue entries")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
