@@ -48,6 +48,29 @@ async def _check_one(client: aioredis.Redis, allow: bool) -> None:
     log.warning("%s; starting anyway (allow_evicting_redis)", message)
 
 
+async def check_replicas(primaries: list[aioredis.Redis], wanted: int) -> list[str]:
+    """Warn for every primary with fewer connected replicas than ``wait_replicas``: each write there
+    would wait ``wait_timeout_ms`` and fail as not durable. Returns the warnings."""
+    if wanted <= 0:
+        return []
+    warnings = []
+    for client in primaries:
+        try:
+            info = await client.info("replication")
+        except redis.ResponseError as e:
+            warnings.append(f"cannot read INFO replication on {_name(client)} ({e})")
+            continue
+        have = int(info.get("connected_slaves", 0))
+        if have < wanted:
+            warnings.append(
+                f"{_name(client)} has {have} connected replica(s) but wait_replicas={wanted}: writes there "
+                "will fail as not durable until enough replicas are connected"
+            )
+    for w in warnings:
+        log.warning("%s", w)
+    return warnings
+
+
 def _name(client: aioredis.Redis) -> str:
     kw = client.connection_pool.connection_kwargs
     return str(kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}")

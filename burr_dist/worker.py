@@ -48,7 +48,7 @@ from burr_dist.lease import AsyncLease
 from burr_dist.persister import AsyncRedisPersister, RedisPersister
 from burr_dist.queue import DEFAULT_QUEUE, AsyncFleetClient
 from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
-from burr_dist.safety import EpochWatch, check_eviction_policy
+from burr_dist.safety import EpochWatch, check_eviction_policy, check_replicas
 from burr_dist.store import RedisStore, StoreConfig, scored
 from burr_dist.transport import Cmd
 

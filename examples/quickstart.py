@@ -62,8 +62,8 @@ def main() -> int:
             if p.exitcode != 0:
                 return 1
         store = RedisStore.from_url(url)
-        print("stored head:", store.head_sequence("user-1", "quickstart"), "keys:", sorted(
-            k.decode() for k in store.client.scan_iter(match="burr:{user-1}:*")))  # fmt: skip
+        keys = store.keys("user-1", "quickstart")
+        print("stored head:", store.head_sequence("user-1", "quickstart"), "keys:", keys.meta, keys.snaps)
         return 0
     finally:
         if server is not None:
