@@ -41,6 +41,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     redis.exceptions.MovedError,
     redis.exceptions.AskError,
     redis.exceptions.BusyLoadingError,
+    redis.exceptions.SlotNotCoveredError,  # a failover in progress: the slot map is being rebuilt
 )
 # Error replies without their own class in redis-py that mean "not now", never "never".
 _TRANSIENT_REPLIES = ("NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "READONLY")

@@ -22,6 +22,7 @@ move bytes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,8 @@ from redis.crc import key_slot
 from burr_dist.connection import RetryPolicy, is_transient
 from burr_dist.errors import NotDurable, RedisUnavailable
 from burr_dist.scripts import LuaScript
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,10 @@ class Transport:
 
     def refresh(self) -> None:
         if self.cluster:
-            self.client.nodes_manager.initialize()
+            try:
+                self.client.nodes_manager.initialize()
+            except Exception as e:  # mid-failover: the next attempt tries again
+                log.debug("cluster topology refresh failed: %s", e)
 
     def execute(
         self, cmds: Sequence[Cmd], *, durable: bool = True, before_try: Callable[[], None] | None = None
@@ -265,8 +271,7 @@ class AsyncTransport:
     async def _pool(self, key: str) -> tuple[str, Any]:
         if not self.cluster:
             return "", self.client.connection_pool
-        if self.client._initialize:  # first use: the client learns the slot map
-            await self.client.initialize()
+        await self.client.initialize()  # a no-op once the client knows the slot map
         node = self.client.get_node_from_key(key)
         pool = self._pools.get(node.name)
         if pool is None:
@@ -277,7 +282,10 @@ class AsyncTransport:
 
     async def refresh(self) -> None:
         if self.cluster:
-            await self.client.nodes_manager.initialize()
+            try:
+                await self.client.nodes_manager.initialize()
+            except Exception as e:  # mid-failover: the next attempt tries again
+                log.debug("cluster topology refresh failed: %s", e)
 
     async def execute(
         self, cmds: Sequence[Cmd], *, durable: bool = True, before_try: Callable[[], None] | None = None
@@ -335,8 +343,7 @@ class AsyncTransport:
     async def bucket_per_node(self, schema: Any) -> list[int]:
         if not self.cluster:
             return [0]
-        if self.client._initialize:
-            await self.client.initialize()
+        await self.client.initialize()
         seen: dict[str, int] = {}
         for b in range(schema.buckets):
             seen.setdefault(self.client.get_node_from_key(schema.epoch(b)).name, b)
@@ -345,8 +352,7 @@ class AsyncTransport:
     async def primaries(self) -> list[Any]:
         if not self.cluster:
             return [self.client]
-        if self.client._initialize:
-            await self.client.initialize()
+        await self.client.initialize()
         out = []
         for node in self.client.get_primaries():
             _, pool = await self._pool_for_node(node)

@@ -176,9 +176,9 @@ class Worker:
         for q in self.queues:
             self.fleet.schema.queue_shard(q, 0)  # validates the name
         try:
-            await check_eviction_policy(
-                await self.fleet.transport.primaries(), allow=self.allow_evicting_redis
-            )
+            primaries = await self.fleet.transport.primaries()
+            await check_eviction_policy(primaries, allow=self.allow_evicting_redis)
+            await check_replicas(primaries, self.config.wait_replicas)
             await self.fleet.commands([self.fleet.queue_name_cmd(self.queues)])
         except BaseException:
             await self.fleet.aclose()
