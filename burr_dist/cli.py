@@ -53,6 +53,7 @@ EXIT_UNREACHABLE = 5
 EXIT_BAD_INPUT = 6
 EXIT_STORE_REWOUND = 7
 
+LOG_LEVELS = ["debug", "info", "warning", "error", "critical"]  # --log-level, any case
 ENQUEUE_CHUNK = 500  # apps per enqueue_many round (two Redis round trips each)
 
 EPILOG = """\b
@@ -326,6 +327,13 @@ def main(ctx: click.Context, redis_url: str, prefix: str, as_json: bool) -> None
     default=None,
     help="Seconds a completed app's state is kept [default: forever].",
 )
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="Seconds an idle worker waits before it tries to claim again.",
+)
 @click.option("--worker-id", default=None, help="[default: host-pid-random]")
 @click.option(
     "--allow-evicting-redis",
@@ -334,9 +342,10 @@ def main(ctx: click.Context, redis_url: str, prefix: str, as_json: bool) -> None
 )
 @click.option(
     "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="INFO",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
     show_default=True,
+    help="Case-insensitive.",
 )
 @json_flag
 def worker(
@@ -348,6 +357,7 @@ def worker(
     max_steps_per_claim: int,
     max_seconds_per_claim: float,
     finished_ttl: float | None,
+    poll_interval: float,
     worker_id: str | None,
     allow_evicting_redis: bool,
     log_level: str,
@@ -386,6 +396,7 @@ def worker(
         max_steps_per_claim=max_steps_per_claim,
         max_seconds_per_claim=max_seconds_per_claim,
         finished_ttl=finished_ttl,
+        poll_interval=poll_interval,
         worker_id=worker_id,
         allow_evicting_redis=allow_evicting_redis,
     )
@@ -453,7 +464,16 @@ def enqueue(
 
     def requests(n: int) -> list[EnqueueRequest]:
         return [
-            EnqueueRequest(name, app_id, partition_key, state_obj, inputs_obj, entrypoint, delay, queue)
+            EnqueueRequest(
+                name,
+                app_id,
+                partition_key=partition_key,
+                state=state_obj,
+                inputs=inputs_obj,
+                entrypoint=entrypoint,
+                delay=delay,
+                queue=queue,
+            )
             for _ in range(n)
         ]
 
@@ -524,7 +544,7 @@ def _report(app_id: str, partition_key: str | None, status: str, extra: dict[str
 def resume(app_id: str, inputs: str | None, partition_key: str | None) -> None:
     """Resume a waiting app with --inputs for the action it waits for."""
     inputs_obj = json_object(inputs, "--inputs")
-    _report(app_id, partition_key, settings().fleet().resume(app_id, inputs_obj, partition_key))
+    _report(app_id, partition_key, settings().fleet().resume(app_id, inputs_obj, partition_key=partition_key))
 
 
 @main.command()
@@ -536,7 +556,7 @@ def cancel(app_id: str, partition_key: str | None) -> None:
 
     Queued, waiting and failed apps are cancelled now; a running app stops before its next step.
     """
-    _report(app_id, partition_key, settings().fleet().cancel(app_id, partition_key))
+    _report(app_id, partition_key, settings().fleet().cancel(app_id, partition_key=partition_key))
 
 
 @main.command()
@@ -548,7 +568,7 @@ def retry(app_id: str, partition_key: str | None) -> None:
 
     It continues from its last committed step.
     """
-    _report(app_id, partition_key, settings().fleet().retry(app_id, partition_key))
+    _report(app_id, partition_key, settings().fleet().retry(app_id, partition_key=partition_key))
 
 
 @main.command()
@@ -562,7 +582,7 @@ def retry(app_id: str, partition_key: str | None) -> None:
 def fork(app_id: str, at: int, new_app_id: str | None, partition_key: str | None) -> None:
     """Queue a new app continuing from a retained step of APP_ID."""
     s = settings()
-    res = s.fleet().fork(app_id, at, new_app_id, partition_key)
+    res = s.fleet().fork(app_id, at, new_app_id, partition_key=partition_key)
     if s.json:
         emit_json(asdict(res) | {"forked_from": {"app_id": app_id, "sequence_id": at}})
     else:
@@ -628,7 +648,7 @@ SHOW_FIELDS: Sequence[tuple[str, str]] = (
 def show(app_id: str, partition_key: str | None) -> None:
     """One app: status, position, lease, attempts, errors, times."""
     s = settings()
-    job = s.fleet().show(app_id, partition_key)
+    job = s.fleet().show(app_id, partition_key=partition_key)
     if s.json:
         emit_json(job)
         return
@@ -658,7 +678,7 @@ def show(app_id: str, partition_key: str | None) -> None:
 def history(app_id: str, partition_key: str | None, with_state: bool) -> None:
     """Every retained step of an app, oldest first."""
     s = settings()
-    rows = s.fleet().history(app_id, partition_key)
+    rows = s.fleet().history(app_id, partition_key=partition_key)
     if not with_state:
         rows = [{k: v for k, v in row.items() if k != "state"} for row in rows]
     if s.json:
@@ -685,7 +705,7 @@ def ls_(partition_key: str | None, status_filter: str | None) -> None:
     Filter by partition (-p) or status (--status).
     """
     s = settings()
-    jobs = s.fleet().ls(partition_key, status_filter)
+    jobs = s.fleet().ls(partition_key=partition_key, status=status_filter)
     if s.json:
         emit_json(jobs)
         return
