@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import orjson
@@ -62,8 +62,14 @@ class Enqueued:
 
 @dataclass(frozen=True)
 class EnqueueRequest:
+    """One app to enqueue: ``EnqueueRequest(name, app_id, partition_key=..., state=...)``.
+
+    Everything after ``app_id`` is keyword-only, so an app id and a partition key cannot be swapped.
+    """
+
     name: str
     app_id: str | None = None
+    _: KW_ONLY
     partition_key: str | None = None
     state: dict[str, Any] | None = None
     inputs: dict[str, Any] | None = None
@@ -175,7 +181,14 @@ def parse_job(raw: dict[Any, Any]) -> dict[str, Any]:
 
 
 class FleetClient(FleetCore, RedisStore):
-    """Enqueue and operate on apps (sync). ``FleetClient.from_url(url, prefix=...)``."""
+    """Enqueue and operate on apps (sync). ``FleetClient.from_url(url, prefix=...)``.
+
+    Argument order: every method that names an app takes the app id first and the partition key
+    only by keyword (``show(app_id, partition_key="team-a")``), so the two strings cannot be
+    swapped silently. Only the methods of Burr's persister contract inherited from the store
+    (``load(partition_key, app_id, sequence_id)``, ``list_app_ids(partition_key)``) keep Burr's
+    positional order.
+    """
 
     def __init__(self, client: redis.Redis, config: StoreConfig | None = None) -> None:
         RedisStore.__init__(self, client, config)
@@ -187,9 +200,9 @@ class FleetClient(FleetCore, RedisStore):
         return cls(connect(url), StoreConfig(**config))
 
     def enqueue(
-        self, name: str, app_id: str | None = None, partition_key: str | None = None, **kw: Any
+        self, name: str, app_id: str | None = None, *, partition_key: str | None = None, **kw: Any
     ) -> Enqueued:
-        return self.enqueue_many([EnqueueRequest(name, app_id, partition_key, **kw)])[0]
+        return self.enqueue_many([EnqueueRequest(name, app_id, partition_key=partition_key, **kw)])[0]
 
     def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[Enqueued]:
         """Two round trips for any number of apps: the records, then the queue entries."""
@@ -228,35 +241,42 @@ class FleetClient(FleetCore, RedisStore):
         return "cancel_requested" if code == 2 else status
 
     def resume(
-        self, app_id: str, inputs: dict[str, Any] | None = None, partition_key: str | None = None
+        self, app_id: str, inputs: dict[str, Any] | None = None, *, partition_key: str | None = None
     ) -> str:
         """Make a waiting app runnable with ``inputs`` for the action it waits for."""
         return self._control("resume", app_id, partition_key, json_object(inputs or {}, "inputs"))
 
-    def cancel(self, app_id: str, partition_key: str | None = None) -> str:
+    def cancel(self, app_id: str, *, partition_key: str | None = None) -> str:
         """Cancel now (queued, waiting, failed) or before its next step (running)."""
         return self._control("cancel", app_id, partition_key)
 
-    def retry(self, app_id: str, partition_key: str | None = None) -> str:
+    def retry(self, app_id: str, *, partition_key: str | None = None) -> str:
         """Run a failed (or cancelled) app again from its last committed step."""
         return self._control("retry", app_id, partition_key)
 
     def fork(
-        self, app_id: str, at: int | None, new_app_id: str | None = None, partition_key: str | None = None
+        self,
+        app_id: str,
+        at: int | None,
+        new_app_id: str | None = None,
+        *,
+        partition_key: str | None = None,
     ) -> Enqueued:
-        """Queue a new app that continues from ``app_id``'s snapshot ``at`` (head when None)."""
-        job = self.job(app_id, partition_key)
+        """Queue a new app that continues from ``app_id``'s snapshot ``at`` (head when None).
+        The new app lives in the same partition."""
+        job = self.job(app_id, partition_key=partition_key)
         found = self.load(partition_of(partition_key), app_id, at)
         if found is None:
             raise SnapshotNotFound(
                 f"app {app_id!r} has no committed step to fork from", app_id=app_id, sequence_id=at
             )
         return self.enqueue(
-            job["name"], new_app_id, partition_key, queue=job.get("queue") or DEFAULT_QUEUE,
+            job["name"], new_app_id, partition_key=partition_key, queue=job.get("queue") or DEFAULT_QUEUE,
             fork_from=(partition_of(partition_key), app_id, found["sequence_id"]),
         )  # fmt: skip
 
-    def job(self, app_id: str, partition_key: str | None = None) -> dict[str, Any]:
+    def job(self, app_id: str, *, partition_key: str | None = None) -> dict[str, Any]:
+        """The job record: AppNotFound when ``app_id`` is not in the partition."""
         raw = self._with_retry(self.client.hgetall, self.keys(partition_of(partition_key), app_id).job)
         if not raw:
             raise AppNotFound(
@@ -264,9 +284,9 @@ class FleetClient(FleetCore, RedisStore):
             )
         return parse_job(raw)
 
-    def show(self, app_id: str, partition_key: str | None = None) -> dict[str, Any]:
+    def show(self, app_id: str, *, partition_key: str | None = None) -> dict[str, Any]:
         """The job record plus the stored head and the lease holder."""
-        job = self.job(app_id, partition_key)
+        job = self.job(app_id, partition_key=partition_key)
         k = self.keys(partition_of(partition_key), app_id)
         pipe: Any = self.client.pipeline(transaction=False)
         pipe.hgetall(k.meta).get(k.lease).pttl(k.lease)
@@ -281,14 +301,14 @@ class FleetClient(FleetCore, RedisStore):
         )
         return job
 
-    def history(self, app_id: str, partition_key: str | None = None) -> list[dict[str, Any]]:
+    def history(self, app_id: str, *, partition_key: str | None = None) -> list[dict[str, Any]]:
         """Every retained step, oldest first: sequence, action, status, time, state."""
         from burr_dist import codec
 
         k = self.keys(partition_of(partition_key), app_id)
         raw = self._with_retry(self.client.hgetall, k.snaps)
         if not raw:
-            self.job(app_id, partition_key)  # AppNotFound when the app is unknown
+            self.job(app_id, partition_key=partition_key)  # AppNotFound when the app is unknown
         out = []
         for seq, blob in sorted(raw.items(), key=lambda kv: int(kv[0])):
             snap = codec.decode_snapshot(blob, key=f"{k.snaps}#{_s(seq)}", partition_key=partition_key)
@@ -296,7 +316,7 @@ class FleetClient(FleetCore, RedisStore):
                         "created_at": snap["created_at"], "state": snap["state"].get_all()})  # fmt: skip
         return out
 
-    def scan_jobs(self, partition_key: str | None = None) -> list[dict[str, Any]]:
+    def scan_jobs(self, *, partition_key: str | None = None) -> list[dict[str, Any]]:
         """Every job record (SCAN under our prefix only), optionally of one partition."""
         from burr_dist.keys import encode_id
 
@@ -311,10 +331,11 @@ class FleetClient(FleetCore, RedisStore):
             pipe.hgetall(key)
         return [parse_job(raw) for raw in self._with_retry(pipe.execute) if raw]
 
-    def ls(self, partition_key: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    def ls(self, *, partition_key: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Job records, oldest first, of one partition and/or one status (both keyword-only)."""
         if status is not None and status not in STATUSES:
             raise ConfigurationError(f"unknown status {status!r}; one of {STATUSES}", status=status)
-        jobs = [j for j in self.scan_jobs(partition_key) if status is None or j.get("status") == status]
+        jobs = [j for j in self.scan_jobs(partition_key=partition_key) if status is None or j.get("status") == status]
         return sorted(jobs, key=lambda j: j.get("created_at", 0))
 
     def workers(self) -> list[dict[str, Any]]:
@@ -371,15 +392,15 @@ class FleetClient(FleetCore, RedisStore):
 
 
 class AsyncFleetClient(FleetCore, AsyncRedisStore):
-    """Async enqueue, resume, cancel and retry; same calls as FleetClient."""
+    """Async enqueue, resume, cancel and retry; same calls (and argument order) as FleetClient."""
 
     def __init__(self, client: aioredis.Redis, config: StoreConfig | None = None) -> None:
         AsyncRedisStore.__init__(self, client, config)
 
     async def enqueue(
-        self, name: str, app_id: str | None = None, partition_key: str | None = None, **kw: Any
+        self, name: str, app_id: str | None = None, *, partition_key: str | None = None, **kw: Any
     ) -> Enqueued:
-        req = EnqueueRequest(name, app_id, partition_key, **kw)
+        req = EnqueueRequest(name, app_id, partition_key=partition_key, **kw)
         call, app, pk = self.enqueue_call(req)
         res = self.read_enqueue(await self.run(call), app, pk)
         if res.status == "queued" and res.run_at_ms is not None:
@@ -402,12 +423,12 @@ class AsyncFleetClient(FleetCore, AsyncRedisStore):
         return "cancel_requested" if code == 2 else status
 
     async def resume(
-        self, app_id: str, inputs: dict[str, Any] | None = None, partition_key: str | None = None
+        self, app_id: str, inputs: dict[str, Any] | None = None, *, partition_key: str | None = None
     ) -> str:
         return await self._control("resume", app_id, partition_key, json_object(inputs or {}, "inputs"))
 
-    async def cancel(self, app_id: str, partition_key: str | None = None) -> str:
+    async def cancel(self, app_id: str, *, partition_key: str | None = None) -> str:
         return await self._control("cancel", app_id, partition_key)
 
-    async def retry(self, app_id: str, partition_key: str | None = None) -> str:
+    async def retry(self, app_id: str, *, partition_key: str | None = None) -> str:
         return await self._control("retry", app_id, partition_key)

@@ -255,7 +255,12 @@ class StoreCore:
 
 
 class RedisStore(StoreCore):
-    """Synchronous store over a ``redis.Redis`` client."""
+    """Synchronous store over a ``redis.Redis`` client.
+
+    Argument order: ``load(partition_key, app_id, sequence_id)`` and ``list_app_ids(partition_key)``
+    follow Burr's persister contract. Every other method that names an app takes the app id first
+    and the partition key only by keyword (``head_sequence(app_id, partition_key="p")``).
+    """
 
     def __init__(self, client: redis.Redis, config: StoreConfig | None = None) -> None:
         super().__init__(config or StoreConfig())
@@ -291,7 +296,8 @@ class RedisStore(StoreCore):
         # One pooled connection, EVALSHA sent directly: this is the per-step path, and redis-py's
         # per-command wrapper costs about as much as the script itself. Errors disconnect the
         # connection (read_response does) and our own retry policy decides what happens next.
-        pool = self.client.connection_pool
+        # Any: redis-py 8 annotates only some of these methods (mypy strict rejects the rest).
+        pool: Any = self.client.connection_pool
         conn = pool.get_connection()
         try:
             try:
@@ -322,11 +328,12 @@ class RedisStore(StoreCore):
             )
         ]
 
-    def head_sequence(self, partition_key: str | None, app_id: str) -> int | None:
+    def head_sequence(self, app_id: str, *, partition_key: str | None = None) -> int | None:
+        """The stored head's sequence id, None when the app has no committed step."""
         head = self._with_retry(self.client.hget, self.keys(partition_key, app_id).meta, "head")
         return None if head is None else int(head)
 
-    def expire_app(self, partition_key: str | None, app_id: str, ttl: float | None = None) -> None:
+    def expire_app(self, app_id: str, *, partition_key: str | None = None, ttl: float | None = None) -> None:
         """Let a finished app's keys expire after ``ttl`` (default ``finished_ttl``) seconds."""
         seconds = ttl if ttl is not None else self.config.finished_ttl
         if seconds is None:
@@ -385,7 +392,7 @@ class AsyncRedisStore(StoreCore):
 
     async def _eval(self, call: Call) -> Any:
         # Same direct path as RedisStore._eval.
-        pool = self.client.connection_pool
+        pool: Any = self.client.connection_pool
         conn = await pool.get_connection()
         try:
             try:
@@ -414,11 +421,13 @@ class AsyncRedisStore(StoreCore):
         )
         return [_s(m) for m in members]
 
-    async def head_sequence(self, partition_key: str | None, app_id: str) -> int | None:
+    async def head_sequence(self, app_id: str, *, partition_key: str | None = None) -> int | None:
         head = await self._with_retry(self.client.hget, self.keys(partition_key, app_id).meta, "head")
         return None if head is None else int(head)
 
-    async def expire_app(self, partition_key: str | None, app_id: str, ttl: float | None = None) -> None:
+    async def expire_app(
+        self, app_id: str, *, partition_key: str | None = None, ttl: float | None = None
+    ) -> None:
         seconds = ttl if ttl is not None else self.config.finished_ttl
         if seconds is None:
             return

@@ -62,7 +62,7 @@ def main() -> int:
             if p.exitcode != 0:
                 return 1
         store = RedisStore.from_url(url)
-        print("stored head:", store.head_sequence("user-1", "quickstart"), "keys:", sorted(
+        print("stored head:", store.head_sequence("quickstart", partition_key="user-1"), "keys:", sorted(
             k.decode() for k in store.client.scan_iter(match="burr:{user-1}:*")))  # fmt: skip
         return 0
     finally:

@@ -106,7 +106,7 @@ def test_wall_clock_jumps(chaos_server: EmbeddedServer, tmp_path: Path) -> None:
     stamps = [
         datetime.fromisoformat(step["created_at"]).timestamp()
         for pk, app_id in run.apps[:5]
-        for step in fleet.history(app_id, pk)
+        for step in fleet.history(app_id, partition_key=pk)
     ]
     fleet.client.close()
     assert max(abs(t - time.time()) for t in stamps) > 300, "the wall clock never jumped"
