@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from burr_dist.errors import ConfigurationError
 
@@ -81,7 +83,8 @@ class EmbeddedServer:
             self.proc = subprocess.Popen(
                 self.args(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        # No client-side retries (redis-py >= 6 retries by default): this loop polls on its own.
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
         give_up = time.monotonic() + timeout
         while True:
             try:
