@@ -335,7 +335,11 @@ class FleetClient(FleetCore, RedisStore):
         """Job records, oldest first, of one partition and/or one status (both keyword-only)."""
         if status is not None and status not in STATUSES:
             raise ConfigurationError(f"unknown status {status!r}; one of {STATUSES}", status=status)
-        jobs = [j for j in self.scan_jobs(partition_key=partition_key) if status is None or j.get("status") == status]
+        jobs = [
+            j
+            for j in self.scan_jobs(partition_key=partition_key)
+            if status is None or j.get("status") == status
+        ]
         return sorted(jobs, key=lambda j: j.get("created_at", 0))
 
     def workers(self) -> list[dict[str, Any]]:
