@@ -1,20 +1,45 @@
 # One venv, made from the project's own files. `make test` and `make demo` work on a fresh machine
-# with Python 3.10+ and make.
+# with Python 3.10+ and make. `.venv` resolves the newest redis-py pyproject.toml allows (what
+# `pip install burr_dist` gives a user); two more venvs, made only when their targets run:
+#   .venv-bench   the benchmark peers (arq, rq); arq pins redis<6, so they stay out of .venv
+#   .venv-oldest  the oldest redis-py we support (pyproject: redis>=5.3,<9), for `make test-oldest`
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+OLDEST_VENV := .venv-oldest
+OLDEST_STAMP := $(OLDEST_VENV)/.installed
+OLDEST_REDIS := 5.3.*
+# What differs between redis-py versions and what we rely on: the protocol (5.3 speaks RESP2,
+# 8 negotiates RESP3: other reply types from scripts read on a raw pooled connection), pipelines
+# (retry refill, MULTI), the client's own retries (none in 5.3, 3+ by default since 6), the CLI.
+OLDEST_TESTS := tests/test_persister_contract.py tests/test_lease.py tests/test_lost_reply.py \
+	tests/test_pipeline_retry.py tests/test_claims.py tests/test_argument_order.py tests/test_cli.py \
+	tests/test_fleet_e2e.py
 
-.PHONY: test check lint types demo bench chaos mutants clean
+.PHONY: test test-oldest check lint types demo bench bench-env bench-fleet chaos mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --upgrade-strategy eager -e '.[dev]'
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+$(OLDEST_STAMP): pyproject.toml
+	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install -q -e '.[dev]' 'redis[hiredis]==$(OLDEST_REDIS)'
+	touch $(OLDEST_STAMP)
+
+# The tests that touch redis-py's behaviour, on the oldest redis-py we support.
+test-oldest: $(OLDEST_STAMP)
+	$(OLDEST_VENV)/bin/python -c 'import redis; print("redis-py", redis.__version__)'
+	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(OLDEST_TESTS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check burr_dist tests bench examples
@@ -28,8 +53,22 @@ check: lint types test
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
+# Steps per second: in .venv, on the redis-py users get (it needs no benchmark peer).
 bench: $(STAMP)
 	$(BIN)/python bench/steps.py
+
+$(BENCH_STAMP): pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[bench]'
+	$(BENCH_VENV)/bin/python -c 'import arq, rq, redis, bench.fleet; print("bench env: redis-py", redis.__version__)'
+	touch $(BENCH_STAMP)
+
+bench-env: $(BENCH_STAMP)
+
+# burr_dist against RQ and arq (bench/fleet.py), in the bench venv.
+bench-fleet: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python bench/fleet.py
 
 chaos: $(STAMP)
 	CHAOS_SIZE=large $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos -m chaos
@@ -39,4 +78,4 @@ mutants: $(STAMP)
 	$(BIN)/python -m tests.chaos.mutants
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(OLDEST_VENV) build *.egg-info .mypy_cache .ruff_cache

@@ -200,7 +200,7 @@ class Bench:
         workers = self.spawn(procs, "burr", "--prefix", prefix, "--concurrency", str(self.args.concurrency))
         seconds = self.timed(workers, drained, own_exit=False)
         counts = fleet.overview()["apps"]
-        heads = {fleet.head_sequence(None, f"a{i}") for i in (0, n - 1)}
+        heads = {fleet.head_sequence(f"a{i}") for i in (0, n - 1)}
         fleet.client.close()
         if counts["completed"] != n or heads != {STEPS[kind] - 1}:
             raise RuntimeError(f"burr_dist {kind} x{n}: statuses {counts}, head sequences {heads}")

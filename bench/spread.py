@@ -35,21 +35,29 @@ def main() -> None:
         fc = FleetClient.from_url(url)
         t0 = time.perf_counter()
         for start in range(0, args.apps, 1000):
-            fc.enqueue_many([EnqueueRequest("counter", f"app-{i}") for i in range(start, min(start + 1000, args.apps))])
+            fc.enqueue_many(
+                [EnqueueRequest("counter", f"app-{i}") for i in range(start, min(start + 1000, args.apps))]
+            )
         took = time.perf_counter() - t0
         rows: list[dict[str, Any]] = []
         for node in fc.transport.primaries():
             kw = node.connection_pool.connection_kwargs
             jobs = sum(1 for _ in node.scan_iter(match=fc.schema.job_pattern(), count=1000))
-            ready = sum(node.zcard(q.ready) for q in fc.schema.queue_shards_of("default") if _owns(node, q.ready))
-            rows.append({"master": f"{kw['host']}:{kw['port']}", "keys": node.dbsize(), "jobs": jobs, "ready": ready})
+            ready = sum(
+                node.zcard(q.ready) for q in fc.schema.queue_shards_of("default") if _owns(node, q.ready)
+            )
+            rows.append(
+                {"master": f"{kw['host']}:{kw['port']}", "keys": node.dbsize(), "jobs": jobs, "ready": ready}
+            )
         even = args.apps / len(rows)
         for r in rows:
             print(f"{r['master']:22s} keys={r['keys']:7d} jobs={r['jobs']:7d} ready={r['ready']:7d}")
         job_dev = max(abs(r["jobs"] - even) / even for r in rows)
         ready_dev = max(abs(r["ready"] - even) / even for r in rows)
         print(f"enqueue_apps_per_s={args.apps / took:.0f}")
-        print(f"masters={len(rows)} apps={args.apps} max_job_deviation={job_dev:.3f} max_ready_deviation={ready_dev:.3f}")
+        print(
+            f"masters={len(rows)} apps={args.apps} max_job_deviation={job_dev:.3f} max_ready_deviation={ready_dev:.3f}"
+        )
     finally:
         if cluster is not None:
             cluster.stop()

@@ -53,6 +53,7 @@ EXIT_UNREACHABLE = 5
 EXIT_BAD_INPUT = 6
 EXIT_STORE_REWOUND = 7
 
+LOG_LEVELS = ["debug", "info", "warning", "error", "critical"]  # --log-level, any case
 ENQUEUE_CHUNK = 500  # apps per enqueue_many round (two Redis round trips each)
 
 EPILOG = """\b
@@ -327,6 +328,13 @@ def main(ctx: click.Context, redis_url: str, prefix: str, as_json: bool) -> None
     default=None,
     help="Seconds a completed app's state is kept [default: forever].",
 )
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="Seconds an idle worker waits before it tries to claim again.",
+)
 @click.option("--worker-id", default=None, help="[default: host-pid-random]")
 @click.option(
     "--allow-evicting-redis",
@@ -335,9 +343,10 @@ def main(ctx: click.Context, redis_url: str, prefix: str, as_json: bool) -> None
 )
 @click.option(
     "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="INFO",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
     show_default=True,
+    help="Case-insensitive.",
 )
 @json_flag
 def worker(
@@ -349,6 +358,7 @@ def worker(
     max_steps_per_claim: int,
     max_seconds_per_claim: float,
     finished_ttl: float | None,
+    poll_interval: float,
     worker_id: str | None,
     allow_evicting_redis: bool,
     log_level: str,
@@ -387,6 +397,7 @@ def worker(
         max_steps_per_claim=max_steps_per_claim,
         max_seconds_per_claim=max_seconds_per_claim,
         finished_ttl=finished_ttl,
+        poll_interval=poll_interval,
         worker_id=worker_id,
         allow_evicting_redis=allow_evicting_redis,
     )
@@ -454,7 +465,16 @@ def enqueue(
 
     def requests(n: int) -> list[EnqueueRequest]:
         return [
-            EnqueueRequest(name, app_id, partition_key, state_obj, inputs_obj, entrypoint, delay, queue)
+            EnqueueRequest(
+                name,
+                app_id,
+                partition_key=partition_key,
+                state=state_obj,
+                inputs=inputs_obj,
+                entrypoint=entrypoint,
+                delay=delay,
+                queue=queue,
+            )
             for _ in range(n)
         ]
 
@@ -686,7 +706,7 @@ def ls_(partition_key: str | None, status_filter: str | None) -> None:
     Filter by partition (-p) or status (--status).
     """
     s = settings()
-    jobs = s.fleet().ls(partition_key, status_filter)
+    jobs = s.fleet().ls(partition_key=partition_key, status=status_filter)
     if s.json:
         emit_json(jobs)
         return

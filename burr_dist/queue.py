@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import orjson
@@ -64,8 +64,14 @@ class Enqueued:
 
 @dataclass(frozen=True)
 class EnqueueRequest:
+    """One app to enqueue: ``EnqueueRequest(name, app_id, partition_key=..., state=...)``.
+
+    Everything after ``app_id`` is keyword-only, so an app id and a partition key cannot be swapped.
+    """
+
     name: str
     app_id: str | None = None
+    _: KW_ONLY
     partition_key: str | None = None
     state: dict[str, Any] | None = None
     inputs: dict[str, Any] | None = None
@@ -281,9 +287,12 @@ def parse_job(raw: dict[Any, Any]) -> dict[str, Any]:
 class FleetClient(FleetCore, RedisStore):
     """Enqueue and operate on apps (sync). ``FleetClient.from_url(url, prefix=...)``.
 
-    Argument order: the app id comes first and ``partition_key`` is keyword-only on every
-    fleet operation (the Burr persister contract's ``load(partition_key, app_id)`` is the one
-    exception, fixed by Burr)."""
+    Argument order: every method that names an app takes the app id first and the partition key
+    only by keyword (``show(app_id, partition_key="team-a")``), so the two strings cannot be
+    swapped silently. Only the methods of Burr's persister contract inherited from the store
+    (``load(partition_key, app_id, sequence_id)``, ``list_app_ids(partition_key)``) keep Burr's
+    positional order.
+    """
 
     def __init__(self, client: Any, config: StoreConfig | None = None) -> None:
         RedisStore.__init__(self, client, config)
@@ -298,7 +307,7 @@ class FleetClient(FleetCore, RedisStore):
     def enqueue(
         self, name: str, app_id: str | None = None, *, partition_key: str | None = None, **kw: Any
     ) -> Enqueued:
-        return self.enqueue_many([EnqueueRequest(name, app_id, partition_key, **kw)])[0]
+        return self.enqueue_many([EnqueueRequest(name, app_id, partition_key=partition_key, **kw)])[0]
 
     def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[Enqueued]:
         """Two round trips per node for any number of apps: the records, then the queue entries."""
@@ -337,9 +346,15 @@ class FleetClient(FleetCore, RedisStore):
         return self._control("retry", app_id, partition_key)
 
     def fork(
-        self, app_id: str, at: int | None, new_app_id: str | None = None, *, partition_key: str | None = None
+        self,
+        app_id: str,
+        at: int | None,
+        new_app_id: str | None = None,
+        *,
+        partition_key: str | None = None,
     ) -> Enqueued:
-        """Queue a new app that continues from ``app_id``'s snapshot ``at`` (head when None)."""
+        """Queue a new app that continues from ``app_id``'s snapshot ``at`` (head when None).
+        The new app lives in the same partition."""
         job = self.job(app_id, partition_key=partition_key)
         found = self.load(partition_of(partition_key), app_id, at)
         if found is None:
@@ -352,6 +367,7 @@ class FleetClient(FleetCore, RedisStore):
         )  # fmt: skip
 
     def job(self, app_id: str, *, partition_key: str | None = None) -> dict[str, Any]:
+        """The job record: AppNotFound when ``app_id`` is not in the partition."""
         k = self.keys(partition_of(partition_key), app_id)
         return self._job(self.commands([Cmd(k.job, ("HGETALL", k.job))])[0], app_id, partition_key)
 
@@ -376,7 +392,7 @@ class FleetClient(FleetCore, RedisStore):
             self.job(app_id, partition_key=partition_key)  # AppNotFound when the app is unknown
         return _history(raw, k.snaps, partition_key)
 
-    def scan_jobs(self, partition_key: str | None = None) -> list[dict[str, Any]]:
+    def scan_jobs(self, *, partition_key: str | None = None) -> list[dict[str, Any]]:
         """Every job record (SCAN under our prefix only, on every primary), optionally of one
         partition. Costs a pass over the keyspace: for counts use :meth:`overview`."""
         pattern = self.schema.job_pattern(partition_key)
@@ -388,10 +404,15 @@ class FleetClient(FleetCore, RedisStore):
         raws = self.commands([Cmd(k, ("HGETALL", k)) for k in keys]) if keys else []
         return [parse_job(_pairs(raw)) for raw in raws if raw]
 
-    def ls(self, partition_key: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    def ls(self, *, partition_key: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Job records, oldest first, of one partition and/or one status (both keyword-only)."""
         if status is not None and status not in STATUSES:
             raise ConfigurationError(f"unknown status {status!r}; one of {STATUSES}", status=status)
-        jobs = [j for j in self.scan_jobs(partition_key) if status is None or j.get("status") == status]
+        jobs = [
+            j
+            for j in self.scan_jobs(partition_key=partition_key)
+            if status is None or j.get("status") == status
+        ]
         return sorted(jobs, key=lambda j: j.get("created_at", 0))
 
     def workers(self) -> list[dict[str, Any]]:
@@ -468,7 +489,7 @@ def _history(raw: dict[str, str], snaps_key: str, partition_key: str | None) -> 
 
 
 class AsyncFleetClient(FleetCore, AsyncRedisStore):
-    """Async enqueue, resume, cancel and retry; same calls as FleetClient."""
+    """Async enqueue, resume, cancel and retry; same calls (and argument order) as FleetClient."""
 
     def __init__(self, client: Any, config: StoreConfig | None = None) -> None:
         AsyncRedisStore.__init__(self, client, config)
@@ -483,7 +504,7 @@ class AsyncFleetClient(FleetCore, AsyncRedisStore):
     async def enqueue(
         self, name: str, app_id: str | None = None, *, partition_key: str | None = None, **kw: Any
     ) -> Enqueued:
-        return (await self.enqueue_many([EnqueueRequest(name, app_id, partition_key, **kw)]))[0]
+        return (await self.enqueue_many([EnqueueRequest(name, app_id, partition_key=partition_key, **kw)]))[0]
 
     async def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[Enqueued]:
         calls, ids = self.enqueue_plan(requests)

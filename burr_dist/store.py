@@ -337,7 +337,12 @@ class StoreCore:
 
 class RedisStore(StoreCore):
     """Synchronous store over a redis-py client: ``Redis`` (one server, or a Sentinel-managed
-    master) or ``RedisCluster``; :meth:`from_url` makes the right one."""
+    master) or ``RedisCluster``; :meth:`from_url` makes the right one.
+
+    Argument order: ``load(partition_key, app_id, sequence_id)`` and ``list_app_ids(partition_key)``
+    follow Burr's persister contract. Every other method that names an app takes the app id first
+    and the partition key only by keyword (``head_sequence(app_id, partition_key="p")``).
+    """
 
     def __init__(self, client: Any, config: StoreConfig | None = None) -> None:
         super().__init__(config or StoreConfig())
@@ -372,10 +377,11 @@ class RedisStore(StoreCore):
     def list_app_ids(self, partition_key: str | None) -> list[str]:
         return self.read_app_ids(self.commands(self.list_cmds(partition_key)))
 
-    def head_sequence(self, partition_key: str | None, app_id: str) -> int | None:
+    def head_sequence(self, app_id: str, *, partition_key: str | None = None) -> int | None:
+        """The stored head's sequence id, None when the app has no committed step."""
         return self.read_head(self.commands([self.head_cmd(partition_key, app_id)])[0])
 
-    def expire_app(self, partition_key: str | None, app_id: str, ttl: float | None = None) -> None:
+    def expire_app(self, app_id: str, *, partition_key: str | None = None, ttl: float | None = None) -> None:
         """Let a finished app's keys expire after ``ttl`` (default ``finished_ttl``) seconds."""
         cmds = self.expire_cmds(partition_key, app_id, ttl)
         if cmds:
@@ -432,10 +438,12 @@ class AsyncRedisStore(StoreCore):
     async def list_app_ids(self, partition_key: str | None) -> list[str]:
         return self.read_app_ids(await self.commands(self.list_cmds(partition_key)))
 
-    async def head_sequence(self, partition_key: str | None, app_id: str) -> int | None:
+    async def head_sequence(self, app_id: str, *, partition_key: str | None = None) -> int | None:
         return self.read_head((await self.commands([self.head_cmd(partition_key, app_id)]))[0])
 
-    async def expire_app(self, partition_key: str | None, app_id: str, ttl: float | None = None) -> None:
+    async def expire_app(
+        self, app_id: str, *, partition_key: str | None = None, ttl: float | None = None
+    ) -> None:
         cmds = self.expire_cmds(partition_key, app_id, ttl)
         if cmds:
             await self.commands(cmds)

@@ -105,6 +105,10 @@ class Worker:
             raise ConfigurationError("concurrency must be >= 1", concurrency=concurrency)
         if lease_ttl <= 0.3:
             raise ConfigurationError("lease_ttl must be > 0.3 s", lease_ttl=lease_ttl)
+        if not poll_interval > 0:  # also refuses NaN
+            raise ConfigurationError(
+                f"poll_interval must be > 0 s, got {poll_interval!r}", poll_interval=poll_interval
+            )
         self.registry = registry
         self.target = resolve_target(url)
         self.url = self.target
@@ -429,7 +433,7 @@ class Worker:
             raise LeaseLost(f"settle of {lease.app_id!r} refused: lease no longer ours", app_id=lease.app_id)
         settled = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
         if status == "completed" and self.config.finished_ttl:
-            await self.fleet.expire_app(lease.partition_key, lease.app_id)
+            await self.fleet.expire_app(lease.app_id, partition_key=lease.partition_key)
         return settled, int(reply[2])
 
     async def _run_claim(self, lease: AsyncLease, name: str) -> tuple[str, int | None]:

@@ -63,7 +63,8 @@ def main() -> int:
                 return 1
         store = RedisStore.from_url(url)
         keys = store.keys("user-1", "quickstart")
-        print("stored head:", store.head_sequence("user-1", "quickstart"), "keys:", keys.meta, keys.snaps)
+        head = store.head_sequence("quickstart", partition_key="user-1")
+        print("stored head:", head, "keys:", keys.meta, keys.snaps)
         return 0
     finally:
         if server is not None:

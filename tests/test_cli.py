@@ -3,6 +3,7 @@ must change nothing, an unreachable server, and a real worker process started th
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -204,6 +205,9 @@ BAD_INPUTS = [
     (["worker", "broken_app_module"], 6, "cannot import app module 'broken_app_module'"),
     (["worker", "examples.apps", "--queues", ","], 2, ""),
     (["worker", "examples.apps", "--concurrency", "0"], 2, ""),
+    (["worker", "examples.apps", "--poll-interval", "0"], 2, ""),
+    (["worker", "examples.apps", "--poll-interval", "nan"], 6, "poll_interval must be > 0 s, got nan"),
+    (["worker", "examples.apps", "--log-level", "loud"], 2, ""),
 ]
 
 
@@ -229,6 +233,32 @@ def test_bad_input_fails_cleanly_and_changes_nothing(
         assert_error(result, code, fragment)
     assert dump(url) == before
     assert ok(url, "show", "existing")["state"] == {"target": 2}
+
+
+def test_worker_option_errors_name_the_option(fleet_server: EmbeddedServer) -> None:
+    for value in ("0", "-1", "soon"):
+        result = run(fleet_server.url, "worker", "examples.apps", "--poll-interval", value)
+        assert result.exit_code == 2 and "Invalid value for '--poll-interval'" in result.stderr, result.stderr
+    result = run(fleet_server.url, "worker", "examples.apps", "--log-level", "loud")
+    assert result.exit_code == 2 and "'loud' is not one of" in result.stderr and "critical" in result.stderr
+
+
+@pytest.mark.parametrize("level", ["critical", "CRITICAL", "Warning", "debug"])
+def test_worker_log_level_any_case_and_poll_interval(
+    fleet_server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch, level: str
+) -> None:
+    """The options reach logging and the Worker (run_forever replaced: no worker loop here)."""
+    from burr_dist.worker import Worker
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: seen.update(level=kw["level"]))
+    monkeypatch.setattr(Worker, "run_forever", lambda self: seen.update(poll=self.poll_interval))
+    monkeypatch.syspath_prepend(str(ROOT))
+    result = run(fleet_server.url, "worker", "examples.apps", "--log-level", level, "--poll-interval", "0.25")
+    assert result.exit_code == 0, result.output
+    assert seen == {"level": level.upper(), "poll": 0.25}
+    assert run(fleet_server.url, "worker", "examples.apps").exit_code == 0
+    assert seen == {"level": "INFO", "poll": 0.1}  # the defaults
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,7 @@ def test_renewal_keeps_the_lease_past_its_ttl(store: RedisStore, client: redis.R
             Lease(store, PK, "a1", ttl=1).acquire()
     finally:
         assert lease.release() is True
-    assert store.head_sequence(PK, "a1") == 0
+    assert store.head_sequence("a1", partition_key=PK) == 0
 
 
 def test_release_then_reacquire(store: RedisStore, client: redis.Redis) -> None:
@@ -137,7 +137,7 @@ def test_release_then_reacquire(store: RedisStore, client: redis.Redis) -> None:
         assert second.fence > first.fence
         assert second.head["sequence_id"] == 0
         commit(second.persister, 1, n=2)
-    assert store.head_sequence(PK, "a1") == 1
+    assert store.head_sequence("a1", partition_key=PK) == 1
     assert client.exists(KEYS.app(PK, "a1").lease) == 0
 
 
@@ -223,7 +223,7 @@ async def test_async_acquire_head_exclusivity_and_release(astore: AsyncRedisStor
         assert b.fence > a.fence
         assert b.head["sequence_id"] == 0
         assert b.head["state"]["n"] == 1
-    assert await astore.head_sequence(PK, "a1") == 0
+    assert await astore.head_sequence("a1", partition_key=PK) == 0
 
 
 async def test_async_renewal_and_redis_fencing(astore: AsyncRedisStore, client: redis.Redis) -> None:
@@ -244,4 +244,4 @@ async def test_async_renewal_and_redis_fencing(astore: AsyncRedisStore, client: 
     assert app_dump(client) == before
     await b.release()
     await kept.release()
-    assert await astore.head_sequence(PK, "kept") == 0
+    assert await astore.head_sequence("kept", partition_key=PK) == 0

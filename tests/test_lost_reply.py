@@ -128,7 +128,7 @@ def test_expire_app_survives_a_reset(proxy: FaultProxy, client: redis.Redis) -> 
     store = proxied_store(proxy)
     save(RedisPersister(store), 0, n=1)
     proxy.set_mode("reset")
-    store.expire_app(PK, APP, 60)
+    store.expire_app(APP, partition_key=PK, ttl=60)
     assert proxy.stats["resets"] == 1
     assert 0 < client.pttl(KEYS.meta) <= 60_000
     assert 0 < client.pttl(KEYS.snaps) <= 60_000

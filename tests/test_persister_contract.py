@@ -389,14 +389,14 @@ def test_expire_app_sets_ttl_on_meta_and_snaps(d: Driver, client: redis.Redis) -
     keys = KEYS.app(PK, "a1")
     assert client.pttl(keys.meta) == -1
 
-    d.call(p.store.expire_app, PK, "a1")
+    d.call(p.store.expire_app, "a1", partition_key=PK)
     for key in (keys.meta, keys.snaps):
         assert 55_000 < client.pttl(key) <= 60_000
     other = KEYS.app(PK, "a2")
     assert client.pttl(other.meta) == -1  # only that app
     assert client.pttl(other.snaps) == -1
 
-    d.call(p.store.expire_app, PK, "a2", 0.3)  # an explicit ttl wins
+    d.call(p.store.expire_app, "a2", partition_key=PK, ttl=0.3)  # an explicit ttl wins
     time.sleep(0.5)
     assert client.exists(other.meta, other.snaps) == 0
     assert d.call(p.load, PK, "a2") is None
@@ -405,7 +405,7 @@ def test_expire_app_sets_ttl_on_meta_and_snaps(d: Driver, client: redis.Redis) -
 def test_expire_app_without_ttl_is_a_no_op(d: Driver, client: redis.Redis) -> None:
     p = d.persister()
     d.steps(d.app(p, "a1", PK), 1)
-    d.call(p.store.expire_app, PK, "a1")
+    d.call(p.store.expire_app, "a1", partition_key=PK)
     keys = KEYS.app(PK, "a1")
     assert client.pttl(keys.meta) == -1
     assert client.pttl(keys.snaps) == -1

@@ -63,7 +63,7 @@ def test_paused_lease_holder_is_fenced_out(
     stopped = False
     try:
         wait_file(tmp_path / "ready", proc)
-        assert store.head_sequence(PK, APP) == 0
+        assert store.head_sequence(APP, partition_key=PK) == 0
         os.kill(proc.pid, signal.SIGSTOP)
         stopped = True
         time.sleep(TTL + 0.5)  # past the TTL, even from the last renewal before the pause

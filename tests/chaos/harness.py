@@ -133,7 +133,7 @@ class ChaosRun:
     def enqueue(self) -> None:
         state = {"target": self.steps, "delay": self.delay}
         self.fleet.enqueue_many([
-            EnqueueRequest("chaos", app_id, pk, state={**state, "app": app_key(pk, app_id)},
+            EnqueueRequest("chaos", app_id, partition_key=pk, state={**state, "app": app_key(pk, app_id)},
                            delay=(i % 8) * self.stagger)
             for i, (pk, app_id) in enumerate(self.apps)
         ])  # fmt: skip

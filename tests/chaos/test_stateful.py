@@ -441,7 +441,7 @@ class FencedStoreMachine(RuleBasedStateMachine):
     @invariant()
     def store_matches_model(self) -> None:
         for a, m in enumerate(self.apps):
-            head = self.observer.head_sequence(m.pk, m.app_id)
+            head = self.observer.head_sequence(m.app_id, partition_key=m.pk)
             assert head == m.head, f"{m.app_id!r}: stored head {head}, model {m.head}"
             if head is not None:
                 assert head >= self.high[a], f"{m.app_id!r}: head went back from {self.high[a]} to {head}"

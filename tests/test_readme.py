@@ -1,0 +1,356 @@
+"""Every shell command README.md shows is run by a test, so a renamed flag breaks a test, not a
+user. ``COVERED`` maps each command (as extracted from README's shell code blocks) to the test that
+runs it; a test fails when README gains a command the table does not list, or the table names a
+command or a test that no longer exists. The tests below run the commands as a user would: the
+CLI as a subprocess with REDIS_URL pointed at a server the suite started, the real ``redis-cli``
+(replayed with redis-py's raw connection only where the binary is missing).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from burr_dist import FleetClient
+from burr_dist.embedded import EmbeddedServer
+from tests.test_demo import make_env
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+SHELL_INFO = {"", "sh", "shell", "bash", "console"}
+
+DEMO = "tests/test_demo.py::test_demo_end_to_end_on_the_embedded_server"
+MAKE = "tests/test_readme.py::test_make_targets_exist_and_name_existing_files"
+CLI = "tests/test_readme.py::test_cli_commands_from_the_readme"
+SESSION = "tests/test_readme.py::test_quickstart_and_redis_cli_session"
+BENCH = "tests/test_readme.py::test_bench_scripts_run_at_a_small_size"
+
+# README command -> the test that runs it. `make test` is what CI runs (.ci/run); it and the long
+# targets (chaos: 8 minutes, mutants, the benchmarks) are dry-run here: each target exists and
+# every file its recipe names exists. The bench scripts themselves run small in BENCH.
+COVERED: dict[str, str] = {
+    "make demo": DEMO,
+    "make test": MAKE,
+    "make chaos": MAKE,
+    "make check": MAKE,
+    "make test-oldest": MAKE,
+    "make bench": MAKE,
+    "make bench-fleet": MAKE,
+    "make mutants": MAKE,
+    ".venv/bin/python examples/quickstart.py": SESSION,
+    "redis-cli --scan --pattern 'burr:*'": SESSION,
+    "redis-cli HGETALL burr:{user-1}:quickstart:meta": SESSION,
+    "redis-cli HGET burr:{user-1}:quickstart:snaps 5": SESSION,
+    "redis-cli ZRANGE burr:{user-1}:apps 0 -1 WITHSCORES": SESSION,
+    "burr-dist worker examples.apps --concurrency 8": CLI,
+    """burr-dist enqueue approval --app-id memo-1 -p team-a --state '{"topic": "Q3 plan"}'""": CLI,
+    "burr-dist enqueue counter --count 1000": CLI,
+    "burr-dist status": CLI,
+    "burr-dist show memo-1 -p team-a": CLI,
+    """burr-dist resume memo-1 -p team-a --inputs '{"approved": true}'""": CLI,
+    "burr-dist history memo-1 -p team-a --state": CLI,
+    "burr-dist cancel APP": CLI,
+    "burr-dist retry APP": CLI,
+    "burr-dist fork APP --at 3 --app-id APP2": CLI,
+    "burr-dist ls --status failed": CLI,
+    "burr-dist workers": CLI,
+    ".venv/bin/python bench/steps.py": BENCH,
+    ".venv-bench/bin/python bench/fleet.py": BENCH,
+}
+
+
+# -- extraction -----------------------------------------------------------------------------------
+def shell_blocks(text: str) -> list[list[str]]:
+    """The lines of each fenced code block whose info string is empty or a shell."""
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    info = ""
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current, info = [], line[3:].strip().lower()
+            else:
+                if info in SHELL_INFO:
+                    blocks.append(current)
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def strip_comment(line: str) -> str:
+    return re.split(r"\s+#\s", line, maxsplit=1)[0].strip()
+
+
+def commands_of(block: list[str]) -> list[str]:
+    """A block with ``$ `` prompts is a session: its commands are the prompted lines (the rest
+    is output). Otherwise every line is a command. ``burr-dist a | b`` lists several commands."""
+    if any(line.startswith("$ ") for line in block):
+        lines = [line[2:] for line in block if line.startswith("$ ")]
+    else:
+        lines = block
+    found = []
+    for line in map(strip_comment, lines):
+        if not line:
+            continue
+        if line.startswith("burr-dist ") and " | " in line:
+            found += [f"burr-dist {part.strip()}" for part in line[len("burr-dist ") :].split(" | ")]
+        else:
+            found.append(line)
+    return found
+
+
+def readme_commands() -> list[str]:
+    return [cmd for block in shell_blocks(README.read_text()) for cmd in commands_of(block)]
+
+
+def session(first: str) -> list[tuple[str, list[str]]]:
+    """The (command, output lines) pairs of the README session whose first command is ``first``."""
+    for block in shell_blocks(README.read_text()):
+        if block and block[0] == f"$ {first}":
+            pairs: list[tuple[str, list[str]]] = []
+            for line in block:
+                if line.startswith("$ "):
+                    pairs.append((line[2:], []))
+                else:
+                    pairs[-1][1].append(line)
+            return pairs
+    raise AssertionError(f"README has no session starting with {first!r}")
+
+
+# -- the table --------------------------------------------------------------------------------------
+def test_every_readme_command_is_covered() -> None:
+    found = readme_commands()
+    assert len(found) >= 25, found  # the extraction still finds the blocks
+    missing = [cmd for cmd in found if cmd not in COVERED]
+    assert missing == [], f"README commands without a test (add them to COVERED): {missing}"
+    stale = [cmd for cmd in COVERED if cmd not in found]
+    assert stale == [], f"COVERED lists commands README no longer shows: {stale}"
+
+
+def test_covering_tests_exist() -> None:
+    for node in set(COVERED.values()):
+        path, name = node.split("::")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        assert callable(getattr(module, name, None)), node
+
+
+def test_extraction_rules() -> None:
+    block = ["burr-dist status      # a comment", "", "burr-dist cancel X | retry X --json  # two"]
+    assert commands_of(block) == ["burr-dist status", "burr-dist cancel X", "burr-dist retry X --json"]
+    assert commands_of(["$ make chaos", "scenario  apps", "$ redis-cli GET k # x"]) == [
+        "make chaos",
+        "redis-cli GET k",
+    ]
+    text = "```python\nprint(1)\n```\n```\nmake demo\n```\n```sh\nls\n```"
+    assert [cmd for b in shell_blocks(text) for cmd in commands_of(b)] == ["make demo", "ls"]
+
+
+# -- make targets ---------------------------------------------------------------------------------
+def test_make_targets_exist_and_name_existing_files() -> None:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no make on this machine")
+    targets = [cmd.split()[1] for cmd in COVERED if cmd.startswith("make ")]
+    for target in targets:
+        dry = subprocess.run(
+            [make, "--no-print-directory", "-n", target],
+            cwd=ROOT,
+            env=make_env(),
+            capture_output=True,
+            text=True,
+        )
+        assert dry.returncode == 0, (target, dry.stderr)
+        words = dry.stdout.split()
+        named = [w for w in words if re.fullmatch(r"(bench|examples|tests|burr_dist)/[\w/.-]*", w)]
+        named += [
+            w.replace(".", "/") + ".py"
+            for w, prev in zip(words[1:], words[:-1], strict=True)
+            if prev == "-m" and "." in w
+        ]
+        for path in named:
+            assert (ROOT / path).exists(), (target, path)
+        if target == "chaos":
+            assert "tests/chaos" in words
+
+
+# -- the CLI ----------------------------------------------------------------------------------------
+def burr_dist_exe() -> list[str]:
+    script = Path(sys.executable).parent / "burr-dist"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "burr_dist.cli"]
+
+
+def cli_env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("BURR_DIST_PREFIX", "REDIS_URL")}
+    return env | {"REDIS_URL": url}
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, worker: subprocess.Popen[bytes]) -> None:
+    give_up = time.monotonic() + timeout
+    while not check():
+        assert worker.poll() is None, f"the worker exited while waiting for {what}"
+        assert time.monotonic() < give_up, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_cli_commands_from_the_readme(fleet_server: EmbeddedServer, tmp_path: Path) -> None:
+    """README's fleet session, in its order, each command exactly as shown (APP/APP2 filled in)."""
+    url, env = fleet_server.url, cli_env(fleet_server.url)
+    commands = [cmd for cmd in readme_commands() if cmd.startswith("burr-dist ")]
+    assert commands[0] == "burr-dist worker examples.apps --concurrency 8"
+    fc = FleetClient.from_url(url)
+    fc.enqueue("counter", "later", delay=600)  # APP for cancel and retry: queued, not yet due
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as err:
+        worker = subprocess.Popen(
+            [*burr_dist_exe(), *shlex.split(commands[0])[1:]], cwd=ROOT, env=env, stderr=err
+        )
+
+    def run(cmd: str) -> str:
+        result = subprocess.run(
+            [*burr_dist_exe(), *shlex.split(cmd)[1:]], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, (cmd, result.stdout, result.stderr)
+        assert "Traceback" not in result.stdout + result.stderr
+        return result.stdout
+
+    def status(app: str, pk: str | None = None) -> str:
+        return str(fc.job(app, partition_key=pk)["status"])
+
+    def a_completed_counter() -> str:
+        done = [j["app_id"] for j in fc.ls(status="completed") if j["name"] == "counter"]
+        return done[0] if done else ""
+
+    expected: dict[str, tuple[Callable[[], Any] | None, str]] = {
+        # command prefix -> (wait before running it, text its output contains)
+        "burr-dist enqueue approval": (None, "memo-1 created (queued on partition 'team-a')"),
+        "burr-dist enqueue counter": (None, "enqueued 1000 'counter' apps on queue 'default' (1000 created)"),
+        "burr-dist status": (lambda: fc.workers(), "live workers: 1"),
+        "burr-dist show": (lambda: status("memo-1", "team-a") == "waiting", "human_review"),
+        "burr-dist resume": (None, "memo-1: queued"),
+        "burr-dist history": (lambda: status("memo-1", "team-a") == "completed", "History of memo-1"),
+        "burr-dist cancel": (None, "later: cancelled"),
+        "burr-dist retry": (None, "later: queued"),
+        "burr-dist fork": (a_completed_counter, "forked-app created"),
+        "burr-dist ls": (None, "no apps"),
+        "burr-dist workers": (None, "running"),
+    }
+    try:
+        for cmd in commands[1:]:
+            [(wait, text)] = [v for k, v in expected.items() if cmd.startswith(k)]
+            if wait is not None:
+                wait_until(lambda w=wait: bool(w()), 60, f"the state {cmd!r} needs", worker)
+            app = a_completed_counter() if cmd.startswith("burr-dist fork") else "later"
+            out = run(cmd.replace("APP2", "forked-app").replace("APP", app))
+            assert text in out, (cmd, out)
+        assert fc.history("memo-1", partition_key="team-a")[-1]["state"]["approved"] is True
+        assert fc.job("forked-app")["fork_seq"] == "3"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            code = worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            raise
+        fc.client.close()
+    assert code == 0, log.read_text()[-3000:]
+
+
+# -- quickstart and the redis-cli session --------------------------------------------------------------
+def redis_cli(port: int, args: list[str], replay: bool) -> str:
+    """Run ``redis-cli -p PORT ARGS``; with ``replay``, send the same command through redis-py's
+    raw connection (no reply parsing; RESP2, as redis-cli speaks) and print it as redis-cli
+    prints to a pipe."""
+    if not replay:
+        binary = shutil.which("redis-cli")
+        assert binary is not None
+        result = subprocess.run([binary, "-p", str(port), *args], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+    client = redis.Redis(port=port, protocol=2)  # redis-py 8 would negotiate RESP3
+    try:
+        if args[:2] == ["--scan", "--pattern"]:
+            return "".join(f"{k.decode()}\n" for k in client.scan_iter(match=args[2]))
+        conn = client.connection_pool.get_connection()
+        try:
+            conn.send_command(*args)
+            reply = conn.read_response()
+        finally:
+            client.connection_pool.release(conn)
+        items = reply if isinstance(reply, list) else [reply]
+        return "".join(f"{item.decode() if isinstance(item, bytes) else item}\n" for item in items)
+    finally:
+        client.close()
+
+
+def normalize(command: str, output: str) -> Any:
+    """Output without what differs from run to run (write ids, server times), in a form where
+    order does not matter when Redis does not promise one."""
+    if " HGET " in f" {command} ":
+        return json.loads(output) | {"w": "<write-id>", "at": "<server-ms>"}
+    text = re.sub(r"\b[0-9a-f]{16}\b", "<write-id>", output)
+    tokens = re.sub(r"\b1\d{12}\b", "<server-ms>", text).split()
+    if "--scan" in command:
+        return sorted(tokens)
+    if " HGETALL " in f" {command} ":
+        return dict(zip(tokens[::2], tokens[1::2], strict=True))
+    return tokens
+
+
+@pytest.mark.parametrize("replay", [False, True], ids=["redis-cli", "replayed"])
+def test_quickstart_and_redis_cli_session(fleet_server: EmbeddedServer, replay: bool) -> None:
+    if not replay and shutil.which("redis-cli") is None:
+        pytest.skip("no redis-cli binary: the replayed variant covers the session")
+    [(cmd, expected)] = session(".venv/bin/python examples/quickstart.py")
+    args = shlex.split(cmd)
+    assert args[0] == ".venv/bin/python"
+    result = subprocess.run(
+        [sys.executable, *args[1:]], cwd=ROOT, env=cli_env(fleet_server.url), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == expected
+
+    pairs = session("redis-cli --scan --pattern 'burr:*'")
+    assert [c for c, _ in pairs] == [c for c in COVERED if c.startswith("redis-cli ")]
+    for cmd, shown in pairs:
+        args = shlex.split(cmd)
+        assert args[0] == "redis-cli"
+        out = redis_cli(fleet_server.port, args[1:], replay)
+        assert normalize(cmd, out) == normalize(cmd, "\n".join(shown)), (cmd, out)
+
+
+# -- the benchmarks, small -------------------------------------------------------------------------
+def test_bench_scripts_run_at_a_small_size(fleet_server: EmbeddedServer) -> None:
+    """bench/steps.py as README runs it, with fewer steps; bench/fleet.py with burr_dist only (RQ
+    and arq live in .venv-bench; `make bench-env` checks that they and bench/fleet.py import)."""
+    env = cli_env(fleet_server.url)
+    steps = subprocess.run(
+        [sys.executable, "bench/steps.py", "--steps", "30", "--rounds", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert steps.returncode == 0, steps.stderr
+    assert steps.stdout.splitlines()[-1].startswith("ratio_vs_burr_redis="), steps.stdout
+    fleet = subprocess.run(
+        [sys.executable, "bench/fleet.py", "--apps", "0", "--ten-step-apps", "10", "--concurrency", "4"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert fleet.returncode == 0, fleet.stderr
+    rows = [line.split() for line in fleet.stdout.splitlines() if line.startswith("burr_dist")]
+    assert [(r[1], r[2], r[3], r[4]) for r in rows] == [
+        ("1", "10-step", "10", "100"),
+        ("2", "10-step", "10", "100"),
+    ]
