@@ -160,6 +160,7 @@ class Transport:
         self.durability = durability
         self.policy = policy
         self.cluster = isinstance(client, redis.RedisCluster)
+        self.round_trips = 0  # pipelines sent (one per node per batch), for benchmarks
 
     def _pool(self, key: str) -> tuple[str, Any]:
         if not self.cluster:
@@ -207,6 +208,7 @@ class Transport:
         conn = pool.get_connection()
         try:
             for _ in range(3):  # NOSCRIPT rounds: load, then send the same commands again
+                self.round_trips += 1
                 replies = _roundtrip(conn, batch.packed(idx))
                 missing = batch.take(idx, replies, node)
                 if not missing:
@@ -266,6 +268,7 @@ class AsyncTransport:
         self.durability = durability
         self.policy = policy
         self.cluster = isinstance(client, aiocluster.RedisCluster)
+        self.round_trips = 0
         self._pools: dict[str, aioredis.ConnectionPool] = {}
 
     async def _pool(self, key: str) -> tuple[str, Any]:
@@ -327,6 +330,7 @@ class AsyncTransport:
         conn = await pool.get_connection()
         try:
             for _ in range(3):
+                self.round_trips += 1
                 replies = await _aroundtrip(conn, batch.packed(idx))
                 missing = batch.take(idx, replies, node)
                 if not missing:
