@@ -190,12 +190,11 @@ class Bench:
         reqs = [EnqueueRequest(kind, app_id=f"a{i}") for i in range(n)]
         for i in range(0, n, 1000):
             fleet.enqueue_many(reqs[i : i + 1000])
-        q = fleet.schema.queue(DEFAULT_QUEUE)
+        stats = fleet.queue_stat_cmds(DEFAULT_QUEUE)
 
         def drained() -> bool:
-            pipe = fleet.client.pipeline(transaction=False)
-            ready, active = pipe.zcard(q.ready).zcard(q.active).execute()
-            return ready + active == 0
+            q = fleet.read_queue_stats(fleet.commands(stats), 0)
+            return q["ready"] + q["scheduled"] + q["active"] == 0
 
         workers = self.spawn(procs, "burr", "--prefix", prefix, "--concurrency", str(self.args.concurrency))
         seconds = self.timed(workers, drained, own_exit=False)

@@ -608,11 +608,11 @@ def status() -> None:
         apps.add_row(name, str(n))
     apps.add_row("total", str(sum(ov["apps"].values())), style="bold")
     queues = Table(title="Queues")
-    for col in ("queue", "ready", "active", "oldest ready"):
+    for col in ("queue", "ready", "scheduled", "active", "oldest ready"):
         queues.add_column(col, justify="left" if col == "queue" else "right")
     for name, q in ov["queues"].items():
         age = "-" if q["oldest_ready_age_s"] is None else f"{q['oldest_ready_age_s']}s"
-        queues.add_row(name, str(q["ready"]), str(q["active"]), age)
+        queues.add_row(name, str(q["ready"]), str(q["scheduled"]), str(q["active"]), age)
     out.print(apps)
     out.print(queues)
     out.print(f"live workers: {ov['workers']}")

@@ -11,11 +11,14 @@ encoded queue name, ``T`` a bucket tag, ``U`` a queue-shard tag, see below)::
     burr:{T}:counts        hash   status -> number of fleet records in bucket T with that status
     burr:{T}:sync          int    written before WAIT to confirm a batch (transport.py)
     burr:{T}:epoch         hash   store epoch of the primary that owns T (safety.py)
-    burr:{U}:q:Q:ready     zset   runnable apps of one shard of queue Q ("P:A"), by due time (ms)
+    burr:{U}:q:Q:ready     zset   runnable apps of one shard of queue Q ("P:A"), by fair time (ms)
+    burr:{U}:q:Q:sched     zset   apps of that shard not due yet (delays, retry backoff), by due time
     burr:{U}:q:Q:active    zset   claimed apps of that shard, scored by claim deadline (ms)
+    burr:{U}:q:Q:vt        hash   fair-queuing state of that shard (per partition: last, pending)
     burr:{fleet}:workers   zset   worker ids, scored by last heartbeat (server ms)
     burr:{fleet}:worker:W  hash   one worker's host, pid, queues, concurrency (expires)
     burr:{fleet}:queues    set    names of queues ever enqueued to (for status and sweeps)
+    burr:{fleet}:bell:Q    list   wake-up tokens for idle workers of queue Q (bounded)
 
 **Buckets.** An app lives in bucket ``crc32("P:A") % buckets`` (default 256). Everything of the
 bucket shares the hash tag ``{T}``, so each script touches one Cluster slot and still updates the
@@ -140,6 +143,8 @@ class AppKeys:
 class QueueKeys:
     ready: str
     active: str
+    scheduled: str
+    vt: str
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,9 @@ class KeySchema:
     def queue_shard(self, name: str, shard: int) -> QueueKeys:
         check_id("queue", name)
         tag = f"{self.prefix}:{{{spread_tags(self.queue_shards, 'q')[shard]}}}:q:{encode_id(name)}"
-        return QueueKeys(ready=f"{tag}:ready", active=f"{tag}:active")
+        return QueueKeys(
+            ready=f"{tag}:ready", active=f"{tag}:active", scheduled=f"{tag}:sched", vt=f"{tag}:vt"
+        )
 
     def queue_for(self, name: str, member: str) -> QueueKeys:
         """The shard of queue ``name`` that lists ``member``."""
@@ -234,6 +241,10 @@ class KeySchema:
 
     def queues(self) -> str:
         return f"{self.prefix}:{{fleet}}:queues"
+
+    def bell(self, queue: str) -> str:
+        """A list idle workers block on (BLPOP); enqueues push to it so they start at once."""
+        return f"{self.prefix}:{{fleet}}:bell:{encode_id(check_id('queue', queue))}"
 
     def job_pattern(self, partition_key: str | None = None) -> str:
         """SCAN MATCH pattern for job records, of one partition when given (braces are not glob

@@ -39,6 +39,7 @@ class LeaseCore:
         check_id("app_id", app_id)
         self.worker = worker  # fleet mode: the job record must allow the claim (acquire.lua)
         self.job: dict[str, str] = {}
+        self.entry: Any = None  # fleet mode: the queue entry (claiming.Claim) it was claimed through
         if ttl <= 0.05:
             raise ConfigurationError(f"lease ttl must be > 0.05 s, got {ttl!r}", ttl=ttl)
         self.store = store
@@ -242,6 +243,14 @@ class AsyncLease(LeaseCore):
                 await asyncio.sleep(
                     min(max(e.pttl_ms / 1000, 0.01), 0.25, max(give_up - time.monotonic(), 0.01))
                 )
+        if auto_renew:
+            self._task = asyncio.create_task(self._renew_loop(), name=f"burr-dist-lease-{self.app_id}")
+        return self
+
+    def adopt(self, reply: Any, sent_at: float, *, auto_renew: bool = True) -> AsyncLease:
+        """Take the reply of an acquire sent in a batch (``acquire_call()``) as this lease's
+        acquire: raises like :meth:`acquire` when it was not granted."""
+        self.on_acquire(reply, sent_at)
         if auto_renew:
             self._task = asyncio.create_task(self._renew_loop(), name=f"burr-dist-lease-{self.app_id}")
         return self

@@ -114,16 +114,29 @@ class FleetCore(StoreCore):
         found = _s(reply[3]) if len(reply) > 3 and reply[3] else queue
         return Enqueued(app_id, pk, False, _s(reply[1]), int(run_at) if run_at else None, found)
 
-    def ready_cmd(self, queue: str, partition_key: str | None, app_id: str, run_at_ms: int) -> Cmd:
-        """ZADD NX of an app to its shard of ``queue`` (never moves an entry that is there)."""
+    def ready_call(self, queue: str, partition_key: str | None, app_id: str, run_at_ms: int) -> Call:
+        """Make an app runnable in its shard of ``queue`` (fairly; never moves an entry there)."""
         member = self.schema.member(partition_key, app_id)
-        ready = self.schema.queue_for(queue, member).ready
-        return Cmd(ready, ("ZADD", ready, "NX", run_at_ms, member))
+        q = self.schema.queue_for(queue, member)
+        return Call(
+            script("ready"), (q.ready, q.scheduled, q.vt), (member, run_at_ms, self.config.fair_quantum_ms)
+        )
 
-    def unready_cmd(self, queue: str, partition_key: str | None, app_id: str) -> Cmd:
+    def unready_call(self, queue: str, partition_key: str | None, app_id: str) -> Call:
         member = self.schema.member(partition_key, app_id)
-        ready = self.schema.queue_for(queue, member).ready
-        return Cmd(ready, ("ZREM", ready, member))
+        q = self.schema.queue_for(queue, member)
+        return Call(script("unready"), (q.ready, q.scheduled, q.vt), (member,))
+
+    def bell_cmds(self, queues: Iterable[str], tokens: int) -> list[Cmd]:
+        """Wake up to ``tokens`` idle workers per queue (best effort: polling is the fallback)."""
+        out = []
+        for name in sorted(set(queues)):
+            bell = self.schema.bell(name)
+            out += [
+                Cmd(bell, ("LPUSH", bell, *["1"] * max(1, min(tokens, 64)))),
+                Cmd(bell, ("LTRIM", bell, 0, 63)),
+            ]
+        return out
 
     def queue_name_cmd(self, names: Iterable[str]) -> Cmd:
         key = self.schema.queues()
@@ -139,9 +152,9 @@ class FleetCore(StoreCore):
             ids.append((app, pk, req.queue))
         return calls, ids
 
-    def requeue_cmds(self, results: Sequence[Enqueued]) -> list[Cmd]:
+    def requeue_calls(self, results: Sequence[Enqueued]) -> list[Call]:
         return [
-            self.ready_cmd(r.queue, r.partition_key, r.app_id, r.run_at_ms)
+            self.ready_call(r.queue, r.partition_key, r.app_id, r.run_at_ms)
             for r in results
             if r.status == "queued" and r.run_at_ms is not None
         ]
@@ -152,11 +165,11 @@ class FleetCore(StoreCore):
 
     def control_followup(
         self, status: str, run_at: int | None, queue: str, partition_key: str | None, app_id: str
-    ) -> list[Cmd]:
+    ) -> list[Call]:
         if status == "queued" and run_at is not None:
-            return [self.ready_cmd(queue, partition_key, app_id, run_at)]
+            return [self.ready_call(queue, partition_key, app_id, run_at)]
         if status == "cancelled":
-            return [self.unready_cmd(queue, partition_key, app_id)]
+            return [self.unready_call(queue, partition_key, app_id)]
         return []
 
     @staticmethod
@@ -195,24 +208,57 @@ class FleetCore(StoreCore):
 
     def claim_call(self, queue: str, shard: int, n: int, claim_ms: int) -> Call:
         q = self.schema.queue_shard(queue, shard)
-        return Call(script("claim"), (q.ready, q.active), (n, claim_ms))
+        return Call(
+            script("claim"),
+            (q.ready, q.scheduled, q.active, q.vt),
+            (n, claim_ms, self.config.fair_quantum_ms),
+        )
+
+    @staticmethod
+    def read_claim(reply: Sequence[Any]) -> tuple[int, list[str]]:
+        """(claim deadline in server ms, claimed members)."""
+        return int(reply[0]), [_s(m) for m in reply[1:]]
 
     def sweep_call(self, queue: str, shard: int, most: int = 1000) -> Call:
         q = self.schema.queue_shard(queue, shard)
-        return Call(script("sweep"), (q.ready, q.active), (most,))
+        return Call(script("sweep"), (q.ready, q.active, q.vt), (most, self.config.fair_quantum_ms))
 
     def touch_call(self, queue: str, shard: int, claim_ms: int, members: Iterable[str]) -> Call:
         return Call(script("touch"), (self.schema.queue_shard(queue, shard).active,), (claim_ms, *members))
 
-    def ack_call(self, queue: str, member: str, run_at_ms: int | None) -> Call:
+    def ack_call(
+        self, queue: str, member: str, deadline: int, run_at_ms: int | None, *, delay_ms: int | None = None
+    ) -> Call:
+        """Drop this worker's active entry; run again at ``run_at_ms`` or after ``delay_ms``."""
         q = self.schema.queue_for(queue, member)
-        return Call(script("ack"), (q.active, q.ready), (member, "" if run_at_ms is None else run_at_ms))
+        return Call(
+            script("ack"),
+            (q.active, q.ready, q.scheduled, q.vt),
+            (member, deadline, "" if run_at_ms is None else run_at_ms, self.config.fair_quantum_ms,
+             "" if delay_ms is None else delay_ms),
+        )  # fmt: skip
 
     def peek_cmds(self, queue: str) -> list[Cmd]:
-        """The earliest due entry of every shard of ``queue`` (to claim oldest-first)."""
-        return [
-            Cmd(q.ready, ("ZRANGE", q.ready, 0, 0, "WITHSCORES")) for q in self.schema.queue_shards_of(queue)
-        ]
+        """Every shard's head (lowest fair time) and earliest scheduled entry, then the server
+        time: which shards to claim from, fairest first."""
+        out = []
+        for q in self.schema.queue_shards_of(queue):
+            out += [Cmd(q.ready, ("ZRANGE", q.ready, 0, 0, "WITHSCORES")),
+                    Cmd(q.scheduled, ("ZRANGE", q.scheduled, 0, 0, "WITHSCORES"))]  # fmt: skip
+        return [*out, Cmd(self.schema.workers(), ("TIME",))]
+
+    @staticmethod
+    def read_peek(replies: Sequence[Any]) -> list[int]:
+        """Shards that have something to claim now, fairest head first."""
+        sec, usec = replies[-1]
+        now = int(sec) * 1000 + int(usec) // 1000
+        order = []
+        for shard in range(len(replies) // 2):
+            ready, sched = scored(replies[2 * shard]), scored(replies[2 * shard + 1])
+            heads = [s for _, s in ready] + [s for _, s in sched if s <= now]
+            if heads:
+                order.append((min(heads), shard))
+        return [shard for _, shard in sorted(order)]
 
     def heartbeat_call(self, worker_id: str, ttl_ms: int, fields: dict[str, str]) -> Call:
         flat = [x for kv in fields.items() for x in kv]
@@ -249,21 +295,25 @@ class FleetCore(StoreCore):
         out = []
         for q in self.schema.queue_shards_of(queue):
             out += [Cmd(q.ready, ("ZCARD", q.ready)), Cmd(q.active, ("ZCARD", q.active)),
+                    Cmd(q.scheduled, ("ZCARD", q.scheduled)),
                     Cmd(q.ready, ("ZRANGE", q.ready, 0, 0, "WITHSCORES"))]  # fmt: skip
         return out
 
     @staticmethod
     def read_queue_stats(replies: Sequence[Any], now_ms: int) -> dict[str, Any]:
-        ready = active = 0
+        """Counts, and the age of the fairest ready entry by its fair time (exact for a partition
+        without a backlog; a backlogged partition's entries carry later fair times)."""
+        ready = active = scheduled = 0
         oldest: float | None = None
-        for i in range(0, len(replies), 3):
+        for i in range(0, len(replies), 4):
             ready += int(replies[i])
             active += int(replies[i + 1])
-            if replies[i + 2]:
-                score = scored(replies[i + 2])[0][1]
+            scheduled += int(replies[i + 2])
+            if replies[i + 3]:
+                score = scored(replies[i + 3])[0][1]
                 oldest = score if oldest is None else min(oldest, score)
         age = round(max(now_ms - oldest, 0) / 1000, 1) if oldest is not None else None
-        return {"ready": ready, "active": active, "oldest_ready_age_s": age}
+        return {"ready": ready, "scheduled": scheduled, "active": active, "oldest_ready_age_s": age}
 
 
 def _pairs(reply: Any) -> dict[str, str]:
@@ -318,9 +368,10 @@ class FleetClient(FleetCore, RedisStore):
             [self.queue_name_cmd(q for _, _, q in ids), *(c.cmd() for c in calls)], durable=True
         )[1:]
         results = [self.read_enqueue(r, *i) for r, i in zip(replies, ids, strict=True)]
-        followup = self.requeue_cmds(results)
+        followup = self.requeue_calls(results)
         if followup:
-            self.commands(followup, durable=True)
+            cmds = [c.cmd() for c in followup] + self.bell_cmds((r.queue for r in results), len(followup))
+            self.commands(cmds, durable=True)
         return results
 
     def _control(self, op: str, app_id: str, partition_key: str | None, inputs: bytes = b"") -> str:
@@ -328,7 +379,7 @@ class FleetClient(FleetCore, RedisStore):
         code, status, run_at, queue = self.read_control(reply, op, partition_key, app_id)
         followup = self.control_followup(status, run_at, queue, partition_key, app_id)
         if followup:
-            self.commands(followup, durable=True)
+            self.commands([c.cmd() for c in followup] + self.bell_cmds([queue], 1), durable=True)
         return "cancel_requested" if code == 2 else status
 
     def resume(
@@ -453,15 +504,10 @@ class FleetClient(FleetCore, RedisStore):
             queue = job.get("queue") or DEFAULT_QUEUE
             member = self.schema.member(job["partition_key"], job["app_id"])
             q = self.schema.queue_for(queue, member)
-            ready, active = self.commands(
-                [Cmd(q.ready, ("ZSCORE", q.ready, member)), Cmd(q.active, ("ZSCORE", q.active, member))]
-            )
-            if ready is None and active is None:
-                self.commands(
-                    [self.ready_cmd(queue, job["partition_key"], job["app_id"], job.get("run_at", 0))],
-                    durable=True,
-                )
-                fixed += 1
+            listed = self.commands([Cmd(k, ("ZSCORE", k, member)) for k in (q.ready, q.scheduled, q.active)])
+            if all(score is None for score in listed):
+                call = self.ready_call(queue, job["partition_key"], job["app_id"], job.get("run_at", 0))
+                fixed += int(self.commands([call.cmd()], durable=True)[0])
         return fixed
 
 
@@ -516,9 +562,10 @@ class AsyncFleetClient(FleetCore, AsyncRedisStore):
             )
         )[1:]
         results = [self.read_enqueue(r, *i) for r, i in zip(replies, ids, strict=True)]
-        followup = self.requeue_cmds(results)
+        followup = self.requeue_calls(results)
         if followup:
-            await self.commands(followup, durable=True)
+            cmds = [c.cmd() for c in followup] + self.bell_cmds((r.queue for r in results), len(followup))
+            await self.commands(cmds, durable=True)
         return results
 
     async def _control(self, op: str, app_id: str, partition_key: str | None, inputs: bytes = b"") -> str:
@@ -526,7 +573,7 @@ class AsyncFleetClient(FleetCore, AsyncRedisStore):
         code, status, run_at, queue = self.read_control(reply, op, partition_key, app_id)
         followup = self.control_followup(status, run_at, queue, partition_key, app_id)
         if followup:
-            await self.commands(followup, durable=True)
+            await self.commands([c.cmd() for c in followup] + self.bell_cmds([queue], 1), durable=True)
         return "cancel_requested" if code == 2 else status
 
     async def resume(

@@ -48,7 +48,9 @@ class StoreConfig:
     (None keeps them). ``max_state_bytes``: largest snapshot accepted.
     ``wait_replicas``: writes a guarantee rests on are acknowledged only once this many replicas
     confirmed them (WAIT on the same connection) within ``wait_timeout_ms``; 0 confirms nothing.
-    ``buckets`` / ``queue_shards``: part of the key layout (see keys.py); equal fleet-wide."""
+    ``buckets`` / ``queue_shards``: part of the key layout (see keys.py); equal fleet-wide.
+    ``fair_quantum_ms``: spacing of one partition's pending apps in a queue shard's fair order
+    (scripts/_prelude.lua); it orders partitions against each other and never delays a lone one."""
 
     prefix: str = "burr"
     keep: int = DEFAULT_KEEP
@@ -59,6 +61,7 @@ class StoreConfig:
     wait_timeout_ms: int = 1000
     buckets: int = DEFAULT_BUCKETS
     queue_shards: int = DEFAULT_QUEUE_SHARDS
+    fair_quantum_ms: int = 1000
 
     def __post_init__(self) -> None:
         if not isinstance(self.keep, int) or self.keep < 1:
@@ -94,7 +97,19 @@ class StoreConfig:
 
 # Scripts whose effects a guarantee rests on: confirmed by WAIT when wait_replicas > 0.
 DURABLE_SCRIPTS = frozenset(
-    {"acquire", "commit", "renew", "release", "settle", "enqueue", "control", "ack", "epoch"}
+    {
+        "acquire",
+        "commit",
+        "renew",
+        "release",
+        "settle",
+        "enqueue",
+        "control",
+        "ack",
+        "epoch",
+        "ready",
+        "unready",
+    }
 )
 
 

@@ -1,4 +1,5 @@
-"""Claim deadlines on a real server: touch extends live claims only, sweep returns expired ones."""
+"""Queue shards on a real server: claim deadlines (touch extends live claims only, sweep returns
+expired ones), ack drops only the claim its worker holds, and partitions are served fairly."""
 
 from __future__ import annotations
 
@@ -11,16 +12,73 @@ from burr_dist import FleetClient
 Q = "default"
 
 
+def claim(fleet: FleetClient, shard: int, n: int, claim_ms: int = 200) -> tuple[int, list[str]]:
+    return fleet.read_claim(fleet.run(fleet.claim_call(Q, shard, n, claim_ms)))
+
+
 def test_touch_extends_a_live_claim_but_never_revives_an_expired_one(client: redis.Redis) -> None:
     fleet = FleetClient(client)
     shard = 0
-    ready, active = fleet.schema.queue_shard(Q, shard).ready, fleet.schema.queue_shard(Q, shard).active
-    client.zadd(ready, {"p:live": 0, "p:late": 0})
-    assert sorted(fleet.run(fleet.claim_call(Q, shard, 10, 200))) == [b"p:late", b"p:live"]
+    q = fleet.schema.queue_shard(Q, shard)
+    client.zadd(q.ready, {"p:live": 0, "p:late": 0})
+    _, got = claim(fleet, shard, 10)
+    assert sorted(got) == ["p:late", "p:live"]
     time.sleep(0.1)
-    assert fleet.run(fleet.touch_call(Q, shard, 200, ["p:live"])) == 1  # still live: extended
+    reply = fleet.run(fleet.touch_call(Q, shard, 200, ["p:live"]))
+    assert reply[1:] == [1]  # still live: extended
+    assert client.zscore(q.active, "p:live") == int(reply[0])  # the deadline the worker remembers
     time.sleep(0.15)  # p:late's deadline passed; the worker's touch for it was slow to arrive
-    assert fleet.run(fleet.touch_call(Q, shard, 200, ["p:late", "p:gone"])) == 0
+    assert fleet.run(fleet.touch_call(Q, shard, 200, ["p:late", "p:gone"]))[1:] == [0, 0]
     assert fleet.run(fleet.sweep_call(Q, shard)) == [b"p:late"]  # recovered on time, not 200 ms later
-    assert client.zrange(active, 0, -1) == [b"p:live"]
-    assert client.zrange(ready, 0, -1) == [b"p:late"]
+    assert client.zrange(q.active, 0, -1) == [b"p:live"]
+    assert client.zrange(q.ready, 0, -1) == [b"p:late"]
+
+
+def test_ack_drops_only_the_claim_its_worker_holds(client: redis.Redis) -> None:
+    """A worker whose lease expired must not drop the active entry of the worker that took over."""
+    fleet = FleetClient(client)
+    member = "p:a"
+    shard = fleet.schema.shard_of(member)
+    q = fleet.schema.queue_shard(Q, shard)
+    fleet.run(fleet.ready_call(Q, "p", "a", 0))
+    first, _ = claim(fleet, shard, 1, claim_ms=50)
+    time.sleep(0.08)
+    assert fleet.run(fleet.sweep_call(Q, shard)) == [member.encode()]  # the first worker stalled
+    second, got = claim(fleet, shard, 1, claim_ms=5000)
+    assert got == [member] and second != first
+    assert fleet.run(fleet.ack_call(Q, member, first, None)) == 0  # the stale worker: left alone
+    assert client.zscore(q.active, member) == second
+    assert fleet.run(fleet.ack_call(Q, member, second, None, delay_ms=60_000)) == 1
+    assert client.zscore(q.active, member) is None
+    assert client.zscore(q.scheduled, member) is not None  # runs again in a minute, not now
+
+
+def test_a_quiet_partition_is_not_starved_by_a_flood(client: redis.Redis) -> None:
+    """1,000 apps of one partition queued first; an app of another partition queued after them is
+    among the first two claimed (fair order across partitions), and the flood keeps its order."""
+    fleet = FleetClient(client)
+    shard = fleet.schema.shard_of("quiet:q1")
+    flood = []
+    i = 0
+    while len(flood) < 1000:
+        if fleet.schema.shard_of(f"noisy:n{i}") == shard:
+            flood.append(f"n{i}")
+        i += 1
+    fleet.run_many([fleet.ready_call(Q, "noisy", a, 0) for a in flood])
+    fleet.run(fleet.ready_call(Q, "quiet", "q1", 0))
+    _, got = claim(fleet, shard, 2, claim_ms=5000)
+    assert "quiet:q1" in got
+    _, rest = claim(fleet, shard, 1000, claim_ms=5000)
+    assert [m.split(":")[1] for m in [g for g in got if g.startswith("noisy")] + rest] == flood
+    assert client.hlen(fleet.schema.queue_shard(Q, shard).vt) == 0  # nothing pending: state cleaned up
+
+
+def test_delayed_apps_wait_in_scheduled_until_due(client: redis.Redis) -> None:
+    fleet = FleetClient(client)
+    member = "p:later"
+    shard = fleet.schema.shard_of(member)
+    now = fleet.server_time_ms()
+    fleet.run(fleet.ready_call(Q, "p", "later", now + 150))
+    assert claim(fleet, shard, 5)[1] == []
+    time.sleep(0.2)
+    assert claim(fleet, shard, 5)[1] == [member]

@@ -1,13 +1,39 @@
 #!lua
--- ack.lua: the queue side of a settle: drop the app's active entry; re-add it to ready when it
--- is to run again. One script so that a crash cannot leave it in neither set.
--- KEYS[1] active  zset   of the app's queue shard
--- KEYS[2] ready   zset   of the same shard
--- ARGV[1] member  "P:A"
--- ARGV[2] run_at  due time in server ms, or "" when the app does not run again
--- Returns 1.
+-- ack.lua: the queue side of a settle: drop the app's active entry, and make it runnable again
+-- when it is to run again. Only the claim this worker holds is dropped: the entry's deadline must
+-- be the one this worker's last claim or touch set. Otherwise the app was swept and claimed by
+-- another worker after this one lost its lease, and that worker's entry is left alone. This is
+-- what lets settle and ack go out in one round trip: a refused settle cannot take another
+-- worker's claim with it.
+-- KEYS[1] active     zset   of the app's queue shard
+-- KEYS[2] ready      zset   of the same shard
+-- KEYS[3] scheduled  zset   of the same shard
+-- KEYS[4] vt         hash   fair-queuing state of the shard
+-- ARGV[1] member     "P:A"
+-- ARGV[2] deadline   the claim deadline this worker last set
+-- ARGV[3] run_at     due time in server ms, or "" (then ARGV[5] decides)
+-- ARGV[4] quantum_ms
+-- ARGV[5] delay_ms   run again at server now + delay_ms, or "": the app does not run again
+-- Returns 1 when the entry was this worker's and was handled, 0 when it was left alone.
+local current = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if current and tonumber(current) ~= tonumber(ARGV[2]) then
+  return 0
+end
 redis.call('ZREM', KEYS[1], ARGV[1])
-if ARGV[2] ~= '' then
-  redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1])
+local now = now_ms()
+local run_at = nil
+if ARGV[3] ~= '' then
+  run_at = tonumber(ARGV[3])
+elseif ARGV[5] ~= '' then
+  run_at = now + tonumber(ARGV[5])
+end
+if run_at then
+  if run_at > now then
+    if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+      redis.call('ZADD', KEYS[3], 'NX', run_at, ARGV[1])
+    end
+  elseif not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+    fair_add(KEYS[2], KEYS[4], ARGV[1], now, tonumber(ARGV[4]))
+  end
 end
 return 1

@@ -1,0 +1,144 @@
+"""Finding work for one worker: which apps to claim, their leases, and waking up for new ones.
+
+A claim round costs, for any number of apps: one read of every queue shard's head (one round trip
+per node), claim.lua on the shards with the fairest heads, and one batch of acquire.lua calls for
+everything claimed (each acquire also checks the job record and loads the head). An idle worker
+blocks on the queues' bells (``BLPOP``; every enqueue, resume and retry rings them) with the poll
+interval as its timeout, so a new app starts without waiting for a poll tick, and delayed apps
+(retry backoff, ``delay=``) still start within one poll interval.
+
+Crash points (the queue shard and the app bucket are different slots):
+
+1. claim.lua moved apps from ``ready`` to ``active`` (deadline = now + lease TTL), then the worker
+   died: the deadline passes and sweep.lua (any worker) puts them back in ``ready``.
+2. acquire.lua took a lease and marked the record running, then the worker died: the lease
+   expires on the server's clock and so does the active deadline (extended together with it);
+   the sweep requeues the app and the next claim finds the lease free and the record running,
+   which is runnable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from burr_dist.errors import AppNotRunnable, LeaseNotHeld
+from burr_dist.lease import AsyncLease
+
+if TYPE_CHECKING:
+    from burr_dist.queue import AsyncFleetClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Claim:
+    """One app this worker claimed: its queue entry and, once acquired, its lease."""
+
+    queue: str
+    member: str
+    deadline: int  # the active entry's deadline this worker last set (claim or touch), server ms
+    lease: AsyncLease | None = None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A claimed app whose lease was not granted: ``run_at_ms`` says when to try again (None:
+    drop the queue entry, the app is not runnable)."""
+
+    claim: Claim
+    reason: str
+    run_at_ms: int | None
+
+
+class Claimer:
+    def __init__(
+        self, fleet: AsyncFleetClient, worker_id: str, lease_ttl: float, poll_interval: float
+    ) -> None:
+        self.fleet = fleet
+        self.worker_id = worker_id
+        self.lease_ttl = lease_ttl
+        self.poll_interval = poll_interval
+        self._ring: asyncio.Future[None] | None = None
+
+    @property
+    def claim_ms(self) -> int:
+        return int(self.lease_ttl * 1000)
+
+    async def claim(self, queue: str, free: int) -> list[Claim]:
+        """Claim up to ``free`` apps of ``queue``, from the shards whose heads are fairest."""
+        shards = self.fleet.read_peek(await self.fleet.commands(self.fleet.peek_cmds(queue)))
+        out: list[Claim] = []
+        for shard in shards:
+            if len(out) >= free:
+                break
+            reply = await self.fleet.run(self.fleet.claim_call(queue, shard, free - len(out), self.claim_ms))
+            deadline, members = self.fleet.read_claim(reply)
+            out += [Claim(queue, m, deadline) for m in members]
+        return out
+
+    async def acquire(self, claims: list[Claim]) -> list[Claim | Refused]:
+        """Lease every claimed app in one batch (one round trip per node)."""
+        leases = []
+        for c in claims:
+            pk, app_id = self.fleet.schema.parse_member(c.member)
+            leases.append(AsyncLease(self.fleet, pk, app_id, self.lease_ttl, worker=self.worker_id))
+        sent = time.monotonic()
+        replies = await self.fleet.run_many([lease.acquire_call() for lease in leases])
+        now_ms: int | None = None
+        out: list[Claim | Refused] = []
+        for c, lease, reply in zip(claims, leases, replies, strict=True):
+            try:
+                lease.adopt(reply, sent)
+                c.lease = lease
+                out.append(c)
+            except AppNotRunnable as e:
+                # Terminal, waiting, cancelled or missing: the entry is stale. Not due yet: put back.
+                out.append(Refused(c, e.status, e.run_at_ms if e.status == "scheduled" else None))
+            except LeaseNotHeld as e:
+                # Someone still holds it (a slow worker): try again once its lease would have expired.
+                if now_ms is None:
+                    now_ms = await self.fleet.server_time_ms()
+                out.append(Refused(c, "held", now_ms + max(e.pttl_ms, 100)))
+        return out
+
+    async def wait_for_work(self, queues: tuple[str, ...], stop: asyncio.Event, busy: set[Any]) -> None:
+        """Until a bell rings, a running app finishes, ``stop`` is set, or the poll interval passes.
+        A BLPOP still waiting when something else woke us stays in flight for the next wait
+        (cancelling it would cost a reconnect)."""
+        if self._ring is None or self._ring.done():
+            bells = [self.fleet.schema.bell(q) for q in queues]
+            self._ring = asyncio.ensure_future(self._blpop(bells))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait(
+                {self._ring, stopped, *busy},
+                timeout=self.poll_interval + 0.5,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            if not stopped.done():
+                stopped.cancel()
+
+    async def _blpop(self, bells: list[str]) -> None:
+        # Fleet keys share one slot, so one BLPOP covers every queue's bell, on Cluster too.
+        try:
+            await self.fleet.client.blpop(bells, timeout=self.poll_interval)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # polling still finds the work
+            log.debug("bell wait failed: %s", e)
+            await asyncio.sleep(self.poll_interval)
+
+    async def close(self) -> None:
+        if self._ring is not None and not self._ring.done():
+            self._ring.cancel()
+            await asyncio.gather(self._ring, return_exceptions=True)
+
+
+def new_nonce() -> str:
+    return os.urandom(8).hex()

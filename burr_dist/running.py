@@ -1,0 +1,325 @@
+"""Running one claim: build the app from its lease, step it, commit every step fenced, then settle
+the app and ack its queue entry together.
+
+Crash points after the lease (see burr_dist/claiming.py for those before it):
+
+3. Mid-run: every committed step is durable; an uncommitted step is re-run by the next holder.
+   A worker paused past its TTL cannot commit: commit.lua checks the lease token.
+4. settle.lua (app bucket) and ack.lua (queue shard) go out in one batch: one round trip on one
+   server, one per node in parallel on Cluster. settle.lua records the outcome and deletes the
+   lease only if the lease is still ours; ack.lua drops the active entry only if its deadline is
+   the one this worker set, so a refused settle cannot drop the entry of the worker that took the
+   app over. If the worker dies between the two, the stale active entry is swept back to ready
+   and the next claim reads a terminal or waiting record (acquire.lua: not runnable) and drops
+   it, or a due queued record and runs it, which is what settle asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from burr.core import Application
+
+from burr_dist.claiming import Claim
+from burr_dist.errors import ConfigurationError, LeaseError, LeaseLost, SequenceConflict, StoreRewound
+from burr_dist.lease import AsyncLease
+from burr_dist.persister import AsyncRedisPersister, RedisPersister
+from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
+from burr_dist.store import RedisStore
+
+if TYPE_CHECKING:
+    from burr_dist.chaos.history import HistoryRecorder
+    from burr_dist.queue import AsyncFleetClient
+
+log = logging.getLogger(__name__)
+
+
+class _ActionFailed(Exception):
+    """The Burr action raised (as opposed to the commit that follows it)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _step_and_commit(app: Application, persister: RedisPersister, lease: AsyncLease, inputs: Any) -> None:
+    try:
+        action, _, state = app.step(inputs=inputs)  # type: ignore[misc]
+    except Exception as e:
+        raise _ActionFailed(e) from e
+    assert app.sequence_id is not None
+    persister.save(lease.partition_key, lease.app_id, app.sequence_id, action.name, state, "completed")
+
+
+class Recorder:
+    """Chaos-run histories of lease operations (a no-op without a HistoryRecorder)."""
+
+    def __init__(self, history: HistoryRecorder | None) -> None:
+        self.history = history
+
+    def invoke(self, op: str, lease: AsyncLease) -> str | None:
+        return self.invoke_app(op, lease.partition_key, lease.app_id)
+
+    def invoke_app(self, op: str, partition_key: str | None, app_id: str) -> str | None:
+        if self.history is None:
+            return None
+        from burr_dist.chaos.history import app_key
+
+        return self.history.invoke(op, app_key(partition_key, app_id))
+
+    def complete(self, op_id: str | None, outcome: Any, lease: AsyncLease | None = None) -> None:
+        if self.history is None or op_id is None:
+            return
+        from burr_dist.chaos.history import state_digest
+
+        head = lease.head if lease is not None else None
+        if head is None:
+            self.history.complete(op_id, outcome)
+        else:
+            self.history.complete(op_id, outcome, head["sequence_id"], state_digest(head["state"].get_all()))
+
+
+class ClaimRunner:
+    """Runs claims of one worker. Shares the worker's thread pool (sync apps) and stop flag."""
+
+    def __init__(
+        self,
+        fleet: AsyncFleetClient,
+        sync_store: RedisStore,
+        registry: Registry,
+        pool: ThreadPoolExecutor,
+        *,
+        worker_id: str,
+        max_steps: int,
+        max_seconds: float,
+        stopping: Callable[[], bool],
+        recorder: Recorder,
+        on_rewound: Callable[[StoreRewound], None],
+    ) -> None:
+        self.fleet = fleet
+        self.sync_store = sync_store
+        self.registry = registry
+        self._pool = pool
+        self.id = worker_id
+        self.max_steps = max_steps
+        self.max_seconds = max_seconds
+        self._stopping = stopping
+        self.recorder = recorder
+        self.on_rewound = on_rewound
+        self.history = recorder.history
+        self.config = fleet.config
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping()
+
+    async def run(self, claim: Claim) -> None:
+        """Run an acquired claim to its settle; never raises (a lost lease ends it quietly)."""
+        lease = claim.lease
+        assert lease is not None
+        lease.entry = claim
+        name = lease.job.get("name", "")
+        try:
+            await self._run_claim(lease, name)
+        except StoreRewound as e:
+            self.on_rewound(e)
+            await lease.detach()
+            await self._emit("lease_lost", name, lease, None, str(e))
+            return
+        except LeaseError as e:
+            log.warning("lease on %s lost: %s", claim.member, e)
+            await lease.detach()
+            await self._emit("lease_lost", name, lease, None, str(e))
+            return  # the app belongs to whoever holds the lease now; its queue entry too
+        except Exception as e:
+            # Infrastructure trouble (Redis unreachable...): no settle possible; the lease expires
+            # and the sweep requeues the app.
+            log.exception("claim of %s aborted", claim.member)
+            await lease.detach()
+            await self._emit("lease_lost", name, lease, None, repr(e))
+            return
+
+    async def _emit(
+        self, kind: str, spec_name: str, lease: AsyncLease, app: Application | None, error: str | None = None
+    ) -> None:
+        await self.registry.emit(FleetEvent(
+            kind=kind, name=spec_name, app_id=lease.app_id, partition_key=lease.partition_key,
+            sequence_id=app.sequence_id if app is not None else None,
+            position=app.state.get("__PRIOR_STEP") if app is not None else None, worker=self.id, error=error,
+        ))  # fmt: skip
+
+    async def _settle(self, lease: AsyncLease, status: str, **kw: Any) -> tuple[str, int | None]:
+        """settle.lua and ack.lua in one batch (see the module doc)."""
+        # While we hold the lease nobody else changes attempts, so our count is the truth; it
+        # differs from the stored one once a step of this claim committed after failures.
+        kw.setdefault("attempts", str(int(lease.job.get("attempts") or 0)))
+        lease.check()  # settle.lua checks the token too; this stops a worker that saw the store rewind
+        claim: Claim = lease.entry
+        again = int(kw.get("delay", 0.0) * 1000) if status == "queued" else None
+        settle = self.fleet.settle_call(lease.partition_key, lease.app_id, lease.token, status, **kw)
+        ack = self.fleet.ack_call(claim.queue, claim.member, claim.deadline, None, delay_ms=again)
+        op = self.recorder.invoke("release", lease)
+        try:
+            reply, _ = await self.fleet.run_many([settle, ack])
+        except BaseException:
+            self.recorder.complete(op, "unknown")
+            raise
+        self.recorder.complete(op, "ok" if int(reply[0]) else "failed")
+        await lease.detach()
+        if int(reply[0]) == 0:
+            raise LeaseLost(f"settle of {lease.app_id!r} refused: lease no longer ours", app_id=lease.app_id)
+        settled = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        if status == "completed" and self.config.finished_ttl:
+            await self.fleet.expire_app(lease.app_id, partition_key=lease.partition_key)
+        return settled, int(reply[2])
+
+    async def _run_claim(self, lease: AsyncLease, name: str) -> tuple[str, int | None]:
+        job = lease.job
+        try:
+            spec = self.registry.get(name)
+            app, persister, is_async = await self._build(spec, lease, job)
+        except Exception as e:
+            log.error("app %s cannot be built: %s", lease.app_id, e)
+            result = await self._settle(lease, "failed", attempts="incr", error=f"build failed: {e!r}")
+            await self._emit("failed", name, lease, None, repr(e))
+            return result
+        await self._emit("claimed", name, lease, app)
+        head = lease.head["sequence_id"] if lease.head is not None else None
+        inputs_at = job.get("inputs_at", "-")
+        pending = job.get("inputs") if inputs_at == ("" if head is None else str(head)) else None
+        pending_obj = None
+        if pending:
+            pending_obj = orjson.loads(pending)
+        consumed = False
+        started = time.monotonic()
+        steps = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            nxt = app.get_next_action()
+            if nxt is None:
+                result = await self._settle(lease, "completed", attempts="reset", consumed=consumed)
+                await self._emit("completed", name, lease, app)
+                return result
+            if nxt.name in spec.halt_before and pending_obj is None:
+                result = await self._settle(lease, "waiting", waiting_for=nxt.name, consumed=consumed)
+                await self._emit("parked", name, lease, app)
+                return result
+            if self.stopping or steps >= self.max_steps or time.monotonic() - started >= self.max_seconds:
+                result = await self._settle(lease, "queued", consumed=consumed)
+                await self._emit("handed_back", name, lease, app)
+                return result
+            step_inputs = None
+            if pending_obj is not None:
+                required, optional = nxt.inputs
+                step_inputs = {k: v for k, v in pending_obj.items() if k in (*required, *optional)}
+            lease.check()
+            try:
+                if is_async:
+                    try:
+                        action, _, state = await app.astep(inputs=step_inputs)  # type: ignore[misc]
+                    except Exception as e:
+                        raise _ActionFailed(e) from e
+                    await persister.save(
+                        lease.partition_key, lease.app_id, app.sequence_id, action.name, state, "completed"
+                    )
+                else:
+                    # Step and commit in one hand-off to the pool: each extra hop costs GIL contention.
+                    await loop.run_in_executor(
+                        self._pool, _step_and_commit, app, persister, lease, step_inputs
+                    )
+            except _ActionFailed as failed:
+                return await self._action_failed(
+                    spec, lease, app, persister, is_async, nxt.name, failed.error, consumed
+                )
+            if pending_obj is not None:
+                pending_obj, consumed = None, True
+            steps += 1
+            # A committed step ends a run of failures: attempts count consecutive failures (the
+            # settles of this claim send the count it holds, see _settle).
+            lease.job["attempts"] = "0"
+            await self._emit("step_committed", name, lease, app)
+            last = persister.core.last_commit
+            if last is not None and last.cancel_requested:
+                result = await self._settle(lease, "cancelled", consumed=consumed)
+                await self._emit("cancelled", name, lease, app)
+                return result
+
+    async def _action_failed(
+        self, spec: AppSpec, lease: AsyncLease, app: Application, persister: Any, is_async: bool,
+        position: str, error: Exception, consumed: bool,
+    ) -> tuple[str, int | None]:  # fmt: skip
+        if isinstance(error, (LeaseError, SequenceConflict)):
+            raise error
+        # Burr's contract: a failed step is saved with the state from before the action; the
+        # rebuilt app re-runs the action at the next sequence id.
+        await self._save(persister, is_async, lease, app.sequence_id, position, app.state, "failed")
+        attempts = int(lease.job.get("attempts") or 0) + 1
+        text = f"{type(error).__name__}: {error}"
+        if attempts < spec.retry.max_attempts:
+            result = await self._settle(
+                lease,
+                "queued",
+                delay=spec.retry.delay(attempts),
+                attempts=str(attempts),
+                error=text,
+                consumed=consumed,
+            )
+            await self._emit("retry_scheduled", spec.name, lease, app, text)
+        else:
+            result = await self._settle(
+                lease, "failed", attempts=str(attempts), error=text, consumed=consumed
+            )
+            await self._emit("failed", spec.name, lease, app, text)
+        return result
+
+    async def _save(
+        self,
+        persister: Any,
+        is_async: bool,
+        lease: AsyncLease,
+        seq: int | None,
+        position: str,
+        state: Any,
+        status: str,
+    ) -> None:
+        assert seq is not None
+        if is_async:
+            await persister.save(lease.partition_key, lease.app_id, seq, position, state, status)
+        else:
+            await asyncio.get_running_loop().run_in_executor(
+                self._pool, persister.save, lease.partition_key, lease.app_id, seq, position, state, status
+            )
+
+    async def _build(
+        self, spec: AppSpec, lease: AsyncLease, job: dict[str, str]
+    ) -> tuple[Application, Any, bool]:
+        builder = spec.factory(AppContext(spec.name, lease.app_id, lease.partition_key))
+        graph = builder.graph_builder
+        if graph is None:
+            raise ConfigurationError(
+                f"factory of {spec.name!r} returned a builder without actions", name=spec.name
+            )
+        is_async = any(a.is_async() for a in graph.actions)
+        persister: Any = (
+            AsyncRedisPersister(self.fleet, lease) if is_async else RedisPersister(self.sync_store, lease)
+        )
+        persister.core.history = self.history
+        state = {**spec.default_state, **(orjson.loads(job["state"]) if job.get("state") else {})}
+        fork: dict[str, Any] = {}
+        if lease.head is None and job.get("fork_app"):
+            fork = {"fork_from_app_id": job["fork_app"], "fork_from_partition_key": job["fork_pk"],
+                    "fork_from_sequence_id": int(job["fork_seq"])}  # fmt: skip
+        builder = builder.with_identifiers(app_id=lease.app_id, partition_key=lease.partition_key).initialize_from(  # type: ignore[arg-type]
+            persister, resume_at_next_action=True, default_state=state,
+            default_entrypoint=job.get("entrypoint") or spec.entrypoint, **fork,
+        )  # fmt: skip
+        if is_async:
+            return await builder.abuild(), persister, True
+        app = await asyncio.get_running_loop().run_in_executor(self._pool, builder.build)
+        return app, persister, False
