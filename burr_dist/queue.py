@@ -227,15 +227,23 @@ class FleetCore(StoreCore):
         return Call(script("touch"), (self.schema.queue_shard(queue, shard).active,), (claim_ms, *members))
 
     def ack_call(
-        self, queue: str, member: str, deadline: int, run_at_ms: int | None, *, delay_ms: int | None = None
+        self,
+        queue: str,
+        member: str,
+        deadline: int,
+        run_at_ms: int | None,
+        *,
+        delay_ms: int | None = None,
+        claim_ms: int,
     ) -> Call:
-        """Drop this worker's active entry; run again at ``run_at_ms`` or after ``delay_ms``."""
+        """Drop this worker's active entry (``deadline``: the last one it saw set, ``claim_ms``:
+        its claim time); run again at ``run_at_ms`` or after ``delay_ms``."""  # fmt: skip
         q = self.schema.queue_for(queue, member)
         return Call(
             script("ack"),
             (q.active, q.ready, q.scheduled, q.vt),
             (member, deadline, "" if run_at_ms is None else run_at_ms, self.config.fair_quantum_ms,
-             "" if delay_ms is None else delay_ms),
+             "" if delay_ms is None else delay_ms, claim_ms),
         )  # fmt: skip
 
     def peek_cmds(self, queue: str) -> list[Cmd]:

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -55,6 +56,24 @@ def _step_and_commit(app: Application, persister: RedisPersister, lease: AsyncLe
         raise _ActionFailed(e) from e
     assert app.sequence_id is not None
     persister.save(lease.partition_key, lease.app_id, app.sequence_id, action.name, state, "completed")
+
+
+@dataclass
+class _Run:
+    """One claim in progress: what the step loop knows and how the claim ended."""
+
+    spec: AppSpec
+    lease: AsyncLease
+    persister: Any
+    pending: dict[str, Any] | None  # inputs given by resume, until a step consumed them
+    app: Application | None = None
+    consumed: bool = False
+    steps: int = 0
+    started: float = field(default_factory=time.monotonic)
+    end: str = ""  # completed | waiting | handed_back | cancelled | action_failed
+    waiting_for: str = ""
+    position: str = ""  # the action that failed
+    error: Exception | None = None
 
 
 class Recorder:
@@ -145,14 +164,19 @@ class ClaimRunner:
             await self._emit("lease_lost", name, lease, None, repr(e))
             return
 
-    async def _emit(
+    def _event(
         self, kind: str, spec_name: str, lease: AsyncLease, app: Application | None, error: str | None = None
-    ) -> None:
-        await self.registry.emit(FleetEvent(
+    ) -> FleetEvent:
+        return FleetEvent(
             kind=kind, name=spec_name, app_id=lease.app_id, partition_key=lease.partition_key,
             sequence_id=app.sequence_id if app is not None else None,
             position=app.state.get("__PRIOR_STEP") if app is not None else None, worker=self.id, error=error,
-        ))  # fmt: skip
+        )  # fmt: skip
+
+    async def _emit(
+        self, kind: str, spec_name: str, lease: AsyncLease, app: Application | None, error: str | None = None
+    ) -> None:
+        await self.registry.emit(self._event(kind, spec_name, lease, app, error))
 
     async def _settle(self, lease: AsyncLease, status: str, **kw: Any) -> tuple[str, int | None]:
         """settle.lua and ack.lua in one batch (see the module doc)."""
@@ -163,7 +187,9 @@ class ClaimRunner:
         claim: Claim = lease.entry
         again = int(kw.get("delay", 0.0) * 1000) if status == "queued" else None
         settle = self.fleet.settle_call(lease.partition_key, lease.app_id, lease.token, status, **kw)
-        ack = self.fleet.ack_call(claim.queue, claim.member, claim.deadline, None, delay_ms=again)
+        ack = self.fleet.ack_call(
+            claim.queue, claim.member, claim.deadline, None, delay_ms=again, claim_ms=lease.ttl_ms
+        )
         op = self.recorder.invoke("release", lease)
         try:
             reply, _ = await self.fleet.run_many([settle, ack])
@@ -183,72 +209,147 @@ class ClaimRunner:
         job = lease.job
         try:
             spec = self.registry.get(name)
-            app, persister, is_async = await self._build(spec, lease, job)
+            builder, persister, is_async = self._prepare(spec, lease, job)
         except Exception as e:
-            log.error("app %s cannot be built: %s", lease.app_id, e)
-            result = await self._settle(lease, "failed", attempts="incr", error=f"build failed: {e!r}")
-            await self._emit("failed", name, lease, None, repr(e))
-            return result
-        await self._emit("claimed", name, lease, app)
+            return await self._build_failed(lease, name, e)
         head = lease.head["sequence_id"] if lease.head is not None else None
         inputs_at = job.get("inputs_at", "-")
         pending = job.get("inputs") if inputs_at == ("" if head is None else str(head)) else None
-        pending_obj = None
-        if pending:
-            pending_obj = orjson.loads(pending)
-        consumed = False
-        started = time.monotonic()
-        steps = 0
-        loop = asyncio.get_running_loop()
-        while True:
-            nxt = app.get_next_action()
-            if nxt is None:
-                result = await self._settle(lease, "completed", attempts="reset", consumed=consumed)
-                await self._emit("completed", name, lease, app)
-                return result
-            if nxt.name in spec.halt_before and pending_obj is None:
-                result = await self._settle(lease, "waiting", waiting_for=nxt.name, consumed=consumed)
-                await self._emit("parked", name, lease, app)
-                return result
-            if self.stopping or steps >= self.max_steps or time.monotonic() - started >= self.max_seconds:
-                result = await self._settle(lease, "queued", consumed=consumed)
-                await self._emit("handed_back", name, lease, app)
-                return result
-            step_inputs = None
-            if pending_obj is not None:
-                required, optional = nxt.inputs
-                step_inputs = {k: v for k, v in pending_obj.items() if k in (*required, *optional)}
-            lease.check()
+        run = _Run(spec, lease, persister, orjson.loads(pending) if pending else None)
+        if is_async:
             try:
-                if is_async:
-                    try:
-                        action, _, state = await app.astep(inputs=step_inputs)  # type: ignore[misc]
-                    except Exception as e:
-                        raise _ActionFailed(e) from e
-                    await persister.save(
-                        lease.partition_key, lease.app_id, app.sequence_id, action.name, state, "completed"
-                    )
-                else:
-                    # Step and commit in one hand-off to the pool: each extra hop costs GIL contention.
-                    await loop.run_in_executor(
-                        self._pool, _step_and_commit, app, persister, lease, step_inputs
-                    )
+                run.app = await builder.abuild()
+            except Exception as e:
+                return await self._build_failed(lease, name, e)
+            await self._emit("claimed", name, lease, run.app)
+            await self._async_steps(run)
+        else:
+            # A sync app runs its whole claim (build, steps, commits) in one hand-off to the pool:
+            # every hop costs a thread switch and GIL contention, and its actions may block.
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._pool, self._sync_steps, run, builder, loop)
+            if run.app is None:
+                assert run.error is not None
+                return await self._build_failed(lease, name, run.error)
+        return await self._finish(run, is_async)
+
+    def _decide(self, run: _Run) -> tuple[str, Any]:
+        """What to do next with a claimed app (no I/O): step, or end the claim and how."""
+        assert run.app is not None
+        nxt = run.app.get_next_action()
+        if nxt is None:
+            return "completed", None
+        if nxt.name in run.spec.halt_before and run.pending is None:
+            return "waiting", nxt.name
+        if self.stopping or run.steps >= self.max_steps or time.monotonic() - run.started >= self.max_seconds:
+            return "handed_back", None
+        return "step", nxt
+
+    def _step_done(self, run: _Run) -> bool:
+        """Book-keeping after a committed step; True when a cancel was requested."""
+        if run.pending is not None:
+            run.pending, run.consumed = None, True
+        run.steps += 1
+        # A committed step ends a run of failures: attempts count consecutive failures (the
+        # settles of this claim send the count it holds, see _settle).
+        run.lease.job["attempts"] = "0"
+        last = run.persister.core.last_commit
+        return last is not None and last.cancel_requested
+
+    @staticmethod
+    def _inputs(run: _Run, nxt: Any) -> dict[str, Any] | None:
+        if run.pending is None:
+            return None
+        required, optional = nxt.inputs
+        return {k: v for k, v in run.pending.items() if k in (*required, *optional)}
+
+    async def _async_steps(self, run: _Run) -> None:
+        assert run.app is not None
+        while True:
+            run.end, info = self._decide(run)
+            if run.end != "step":
+                run.waiting_for = info if run.end == "waiting" else ""
+                return
+            run.lease.check()
+            try:
+                action, _, state = await run.app.astep(inputs=self._inputs(run, info))  # type: ignore[misc]
+            except Exception as e:
+                if isinstance(e, (LeaseError, SequenceConflict)):
+                    raise
+                run.end, run.position, run.error = "action_failed", info.name, e
+                return
+            await run.persister.save(
+                run.lease.partition_key,
+                run.lease.app_id,
+                run.app.sequence_id,
+                action.name,
+                state,
+                "completed",
+            )
+            cancel = self._step_done(run)
+            await self._emit("step_committed", run.spec.name, run.lease, run.app)
+            if cancel:
+                run.end = "cancelled"
+                return
+
+    def _sync_steps(self, run: _Run, builder: Any, loop: asyncio.AbstractEventLoop) -> None:
+        """The sync twin of _async_steps, on a pool thread: build too; events go to the loop."""
+
+        def emit(kind: str) -> None:
+            event = self._event(kind, run.spec.name, run.lease, run.app)
+            loop.call_soon_threadsafe(lambda: loop.create_task(self.registry.emit(event)))
+
+        try:
+            run.app = builder.build()
+        except Exception as e:
+            run.error = e
+            return
+        emit("claimed")
+        while True:
+            run.end, info = self._decide(run)
+            if run.end != "step":
+                run.waiting_for = info if run.end == "waiting" else ""
+                return
+            run.lease.check()
+            try:
+                _step_and_commit(run.app, run.persister, run.lease, self._inputs(run, info))
             except _ActionFailed as failed:
-                return await self._action_failed(
-                    spec, lease, app, persister, is_async, nxt.name, failed.error, consumed
-                )
-            if pending_obj is not None:
-                pending_obj, consumed = None, True
-            steps += 1
-            # A committed step ends a run of failures: attempts count consecutive failures (the
-            # settles of this claim send the count it holds, see _settle).
-            lease.job["attempts"] = "0"
-            await self._emit("step_committed", name, lease, app)
-            last = persister.core.last_commit
-            if last is not None and last.cancel_requested:
-                result = await self._settle(lease, "cancelled", consumed=consumed)
-                await self._emit("cancelled", name, lease, app)
-                return result
+                if isinstance(failed.error, (LeaseError, SequenceConflict)):
+                    raise failed.error from None
+                run.end, run.position, run.error = "action_failed", info.name, failed.error
+                return
+            cancel = self._step_done(run)
+            emit("step_committed")
+            if cancel:
+                run.end = "cancelled"
+                return
+
+    async def _finish(self, run: _Run, is_async: bool) -> tuple[str, int | None]:
+        """Settle (with the queue ack) as the claim's end asks, and tell the hooks."""
+        lease, name, app, consumed = run.lease, run.spec.name, run.app, run.consumed
+        assert app is not None
+        if run.end == "action_failed":
+            assert run.error is not None
+            return await self._action_failed(
+                run.spec, lease, app, run.persister, is_async, run.position, run.error, consumed
+            )
+        if run.end == "completed":
+            result = await self._settle(lease, "completed", attempts="reset", consumed=consumed)
+        elif run.end == "waiting":
+            result = await self._settle(lease, "waiting", waiting_for=run.waiting_for, consumed=consumed)
+        elif run.end == "cancelled":
+            result = await self._settle(lease, "cancelled", consumed=consumed)
+        else:
+            result = await self._settle(lease, "queued", consumed=consumed)
+        kind = {"waiting": "parked"}.get(run.end, run.end)
+        await self._emit(kind, name, lease, app)
+        return result
+
+    async def _build_failed(self, lease: AsyncLease, name: str, e: Exception) -> tuple[str, int | None]:
+        log.error("app %s cannot be built: %s", lease.app_id, e)
+        result = await self._settle(lease, "failed", attempts="incr", error=f"build failed: {e!r}")
+        await self._emit("failed", name, lease, None, repr(e))
+        return result
 
     async def _action_failed(
         self, spec: AppSpec, lease: AsyncLease, app: Application, persister: Any, is_async: bool,
@@ -296,9 +397,9 @@ class ClaimRunner:
                 self._pool, persister.save, lease.partition_key, lease.app_id, seq, position, state, status
             )
 
-    async def _build(
-        self, spec: AppSpec, lease: AsyncLease, job: dict[str, str]
-    ) -> tuple[Application, Any, bool]:
+    def _prepare(self, spec: AppSpec, lease: AsyncLease, job: dict[str, str]) -> tuple[Any, Any, bool]:
+        """The builder (identifiers and initialize_from added), its persister, and whether the
+        app is async. Building it loads state: that happens on the loop (async) or the pool."""
         builder = spec.factory(AppContext(spec.name, lease.app_id, lease.partition_key))
         graph = builder.graph_builder
         if graph is None:
@@ -319,7 +420,4 @@ class ClaimRunner:
             persister, resume_at_next_action=True, default_state=state,
             default_entrypoint=job.get("entrypoint") or spec.entrypoint, **fork,
         )  # fmt: skip
-        if is_async:
-            return await builder.abuild(), persister, True
-        app = await asyncio.get_running_loop().run_in_executor(self._pool, builder.build)
-        return app, persister, False
+        return builder, persister, is_async

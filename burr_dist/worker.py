@@ -261,7 +261,9 @@ class Worker:
         if refused:
             await self.fleet.run_many(
                 [
-                    self.fleet.ack_call(r.claim.queue, r.claim.member, r.claim.deadline, r.run_at_ms)
+                    self.fleet.ack_call(
+                        r.claim.queue, r.claim.member, r.claim.deadline, r.run_at_ms, claim_ms=self.claim_ms
+                    )
                     for r in refused
                 ]
             )

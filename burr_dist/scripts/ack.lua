@@ -1,22 +1,24 @@
 #!lua
 -- ack.lua: the queue side of a settle: drop the app's active entry, and make it runnable again
--- when it is to run again. Only the claim this worker holds is dropped: the entry's deadline must
--- be the one this worker's last claim or touch set. Otherwise the app was swept and claimed by
--- another worker after this one lost its lease, and that worker's entry is left alone. This is
--- what lets settle and ack go out in one round trip: a refused settle cannot take another
--- worker's claim with it.
+-- when it is to run again. Only the claim this worker holds is dropped. Another worker's claim of
+-- the same app can only exist after this worker's claim expired (touch.lua never revives one) and
+-- was swept, so its deadline is later than this worker's last known deadline plus a whole claim
+-- time; this worker's own entry is at most a few touches past what it knows (a touch may be in
+-- flight). This is what lets settle and ack go out in one round trip: a refused settle cannot
+-- take another worker's claim with it.
 -- KEYS[1] active     zset   of the app's queue shard
 -- KEYS[2] ready      zset   of the same shard
 -- KEYS[3] scheduled  zset   of the same shard
 -- KEYS[4] vt         hash   fair-queuing state of the shard
 -- ARGV[1] member     "P:A"
--- ARGV[2] deadline   the claim deadline this worker last set
+-- ARGV[2] deadline   the claim deadline this worker last saw set (claim or touch reply)
 -- ARGV[3] run_at     due time in server ms, or "" (then ARGV[5] decides)
 -- ARGV[4] quantum_ms
 -- ARGV[5] delay_ms   run again at server now + delay_ms, or "": the app does not run again
+-- ARGV[6] claim_ms   the claim time: entries with a deadline beyond deadline + claim_ms are not ours
 -- Returns 1 when the entry was this worker's and was handled, 0 when it was left alone.
 local current = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if current and tonumber(current) ~= tonumber(ARGV[2]) then
+if current and tonumber(current) >= tonumber(ARGV[2]) + tonumber(ARGV[6]) then
   return 0
 end
 redis.call('ZREM', KEYS[1], ARGV[1])

@@ -100,7 +100,7 @@ def test_wall_clock_jumps(chaos_server: EmbeddedServer, tmp_path: Path) -> None:
     TIME, so nothing may change, recovery times included. (The machine's clock cannot be moved:
     Redis shares it; the workers' time.time is shifted in-process, see tests/chaos/apps.py.)"""
     env = {"CHAOS_CLOCK_JUMP": "1"}
-    run, report = kill_run("worker wall clock jumps + SIGKILL", chaos_server, tmp_path, 11, (0.5, 1.5), env)
+    run, report = kill_run("worker wall clock jumps + SIGKILL", chaos_server, tmp_path, 11, (0.3, 1.0), env)
     # The jumps reached the workers' code: snapshot timestamps (time.time_ns) are off by minutes.
     fleet = FleetClient.from_url(chaos_server.url)
     stamps = [
@@ -111,5 +111,6 @@ def test_wall_clock_jumps(chaos_server: EmbeddedServer, tmp_path: Path) -> None:
     fleet.client.close()
     assert max(abs(t - time.time()) for t in stamps) > 300, "the wall clock never jumped"
     faults = [o.note or "" for o in operations(load_history(tmp_path / "history")) if o.op == "fault"]
-    assert sum(f.startswith("clock_jump") for f in faults) >= 10 and faults.count("sigkill") >= 3, faults
+    # Kills wait for a replacement worker to register (about a second here), so a small run fits 2-4.
+    assert sum(f.startswith("clock_jump") for f in faults) >= 10 and faults.count("sigkill") >= 2, faults
     report.assert_ok(min_faults=3)
