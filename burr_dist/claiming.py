@@ -1,8 +1,10 @@
 """Finding work for one worker: which apps to claim, their leases, and waking up for new ones.
 
-A claim round costs, for any number of apps: one read of every queue shard's head (one round trip
-per node), claim.lua on the shards with the fairest heads, and one batch of acquire.lua calls for
-everything claimed (each acquire also checks the job record and loads the head). An idle worker
+A claim round costs, for any number of apps: claim.lua on the shards with the fairest heads, and
+one batch of acquire.lua calls for everything claimed (each acquire also checks the job record and
+loads the head). Which shard is fairest comes from a read of every shard's head (one round trip
+per node) kept up to date by the claims' replies, read again only when it runs dry or after
+``PEEK_EVERY`` seconds. An idle worker
 blocks on the queues' bells (``BLPOP``; every enqueue, resume and retry rings them) with the poll
 interval as its timeout, so a new app starts without waiting for a poll tick, and delayed apps
 (retry backoff, ``delay=``) still start within one poll interval.
@@ -34,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Seconds a peek's picture of the shards is reused: how long the fair order across shards may lag.
+PEEK_EVERY = 0.5
+
 
 @dataclass
 class Claim:
@@ -64,21 +69,39 @@ class Claimer:
         self.lease_ttl = lease_ttl
         self.poll_interval = poll_interval
         self._ring: asyncio.Future[None] | None = None
+        self._heads: dict[str, tuple[float, dict[int, float]]] = {}  # queue -> (peeked at, shard -> head)
 
     @property
     def claim_ms(self) -> int:
         return int(self.lease_ttl * 1000)
 
     async def claim(self, queue: str, free: int) -> list[Claim]:
-        """Claim up to ``free`` apps of ``queue``, from the shards whose heads are fairest."""
-        shards = self.fleet.read_peek(await self.fleet.commands(self.fleet.peek_cmds(queue)))
+        """Claim up to ``free`` apps of ``queue``, always from the shard whose head is fairest.
+
+        Shards are known by the fair time of their head: a peek reads every shard's head (two
+        entries per shard), and each claim reports its shard's new head, so a busy worker claims
+        again without reading every shard. The picture is refreshed by a new peek once it runs dry
+        or is ``PEEK_EVERY`` seconds old (apps queued since, in other shards, wait that long)."""
+        known = self._heads.get(queue)
+        if known is None or not known[1] or time.monotonic() - known[0] > PEEK_EVERY:
+            known = self._heads[queue] = (
+                time.monotonic(),
+                self.fleet.read_peek(await self.fleet.commands(self.fleet.peek_cmds(queue))),
+            )
+        heads = known[1]
         out: list[Claim] = []
-        for shard in shards:
-            if len(out) >= free:
-                break
-            reply = await self.fleet.run(self.fleet.claim_call(queue, shard, free - len(out), self.claim_ms))
-            deadline, members = self.fleet.read_claim(reply)
+        while len(out) < free and heads:
+            shard = min(heads, key=heads.__getitem__)
+            want = free - len(out)
+            reply = await self.fleet.run(self.fleet.claim_call(queue, shard, want, self.claim_ms))
+            deadline, head, members = self.fleet.read_claim(reply)
             out += [Claim(queue, m, deadline) for m in members]
+            if head is None:
+                del heads[shard]
+            else:
+                heads[shard] = head
+            if not members:
+                break  # the picture is stale (another worker was faster): peek next time
         return out
 
     async def acquire(self, claims: list[Claim]) -> list[Claim | Refused]:

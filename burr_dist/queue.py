@@ -215,9 +215,10 @@ class FleetCore(StoreCore):
         )
 
     @staticmethod
-    def read_claim(reply: Sequence[Any]) -> tuple[int, list[str]]:
-        """(claim deadline in server ms, claimed members)."""
-        return int(reply[0]), [_s(m) for m in reply[1:]]
+    def read_claim(reply: Sequence[Any]) -> tuple[int, float | None, list[str]]:
+        """(claim deadline in server ms, fair time of the shard's next head or None, members)."""
+        head = _s(reply[1]) if reply[1] not in (None, b"", "") else ""
+        return int(reply[0]), float(head) if head else None, [_s(m) for m in reply[2:]]
 
     def sweep_call(self, queue: str, shard: int, most: int = 1000) -> Call:
         q = self.schema.queue_shard(queue, shard)
@@ -256,17 +257,17 @@ class FleetCore(StoreCore):
         return [*out, Cmd(self.schema.workers(), ("TIME",))]
 
     @staticmethod
-    def read_peek(replies: Sequence[Any]) -> list[int]:
-        """Shards that have something to claim now, fairest head first."""
+    def read_peek(replies: Sequence[Any]) -> dict[int, float]:
+        """Shards that have something to claim now -> the fair time of their head."""
         sec, usec = replies[-1]
         now = int(sec) * 1000 + int(usec) // 1000
-        order = []
+        order: dict[int, float] = {}
         for shard in range(len(replies) // 2):
             ready, sched = scored(replies[2 * shard]), scored(replies[2 * shard + 1])
             heads = [s for _, s in ready] + [s for _, s in sched if s <= now]
             if heads:
-                order.append((min(heads), shard))
-        return [shard for _, shard in sorted(order)]
+                order[shard] = min(heads)
+        return order
 
     def heartbeat_call(self, worker_id: str, ttl_ms: int, fields: dict[str, str]) -> Call:
         flat = [x for kv in fields.items() for x in kv]

@@ -5,13 +5,14 @@ Crash points after the lease (see burr_dist/claiming.py for those before it):
 
 3. Mid-run: every committed step is durable; an uncommitted step is re-run by the next holder.
    A worker paused past its TTL cannot commit: commit.lua checks the lease token.
-4. settle.lua (app bucket) and ack.lua (queue shard) go out in one batch: one round trip on one
-   server, one per node in parallel on Cluster. settle.lua records the outcome and deletes the
-   lease only if the lease is still ours; ack.lua drops the active entry only if its deadline is
-   the one this worker set, so a refused settle cannot drop the entry of the worker that took the
-   app over. If the worker dies between the two, the stale active entry is swept back to ready
-   and the next claim reads a terminal or waiting record (acquire.lua: not runnable) and drops
-   it, or a due queued record and runs it, which is what settle asked for.
+4. settle.lua (app bucket) records the outcome and deletes the lease only if the lease is still
+   ours; only then ack.lua (queue shard) drops the active entry (and requeues the app if it runs
+   again), and only if the entry is this worker's claim (by its deadline), never the claim of a
+   worker that took the app over. A refused settle acks nothing: the entry expires and is swept,
+   as for a crash. If the worker dies between the two, the stale active entry is swept back to
+   ready and the next claim reads a terminal or waiting record (acquire.lua: not runnable) and
+   drops it, or a due queued record and runs it, which is what settle asked for. (The two cannot
+   share a round trip: they are different slots, and an ack must not follow a refused settle.)
 """
 
 from __future__ import annotations
@@ -179,20 +180,17 @@ class ClaimRunner:
         await self.registry.emit(self._event(kind, spec_name, lease, app, error))
 
     async def _settle(self, lease: AsyncLease, status: str, **kw: Any) -> tuple[str, int | None]:
-        """settle.lua and ack.lua in one batch (see the module doc)."""
+        """settle.lua, then (only once it succeeded) ack.lua (see the module doc)."""
         # While we hold the lease nobody else changes attempts, so our count is the truth; it
         # differs from the stored one once a step of this claim committed after failures.
         kw.setdefault("attempts", str(int(lease.job.get("attempts") or 0)))
         lease.check()  # settle.lua checks the token too; this stops a worker that saw the store rewind
         claim: Claim = lease.entry
-        again = int(kw.get("delay", 0.0) * 1000) if status == "queued" else None
-        settle = self.fleet.settle_call(lease.partition_key, lease.app_id, lease.token, status, **kw)
-        ack = self.fleet.ack_call(
-            claim.queue, claim.member, claim.deadline, None, delay_ms=again, claim_ms=lease.ttl_ms
-        )
         op = self.recorder.invoke("release", lease)
         try:
-            reply, _ = await self.fleet.run_many([settle, ack])
+            reply = await self.fleet.run(
+                self.fleet.settle_call(lease.partition_key, lease.app_id, lease.token, status, **kw)
+            )
         except BaseException:
             self.recorder.complete(op, "unknown")
             raise
@@ -201,9 +199,15 @@ class ClaimRunner:
         if int(reply[0]) == 0:
             raise LeaseLost(f"settle of {lease.app_id!r} refused: lease no longer ours", app_id=lease.app_id)
         settled = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        run_at = int(reply[2])
+        again = run_at if settled == "queued" else None
+        cmds = [
+            self.fleet.ack_call(claim.queue, claim.member, claim.deadline, again, claim_ms=lease.ttl_ms).cmd()
+        ]
         if status == "completed" and self.config.finished_ttl:
-            await self.fleet.expire_app(lease.app_id, partition_key=lease.partition_key)
-        return settled, int(reply[2])
+            cmds += self.fleet.expire_cmds(lease.partition_key, lease.app_id, None)
+        await self.fleet.commands(cmds, durable=True)
+        return settled, run_at
 
     async def _run_claim(self, lease: AsyncLease, name: str) -> tuple[str, int | None]:
         job = lease.job

@@ -479,3 +479,38 @@ def test_attempts_count_consecutive_failures_not_failures_over_the_whole_run(fle
         ("step_a", "failed"), ("step_a", "completed"), ("step_b", "failed"), ("step_b", "completed"),
     ]  # fmt: skip
     assert len(fleet.events("tf", "retry_scheduled")) == 2
+
+
+def test_a_quiet_partition_starts_while_a_noisy_one_floods_the_queue(fleet: Fleet) -> None:
+    """3,000 apps of one tenant are queued first; an app of another tenant queued after them
+    finishes while most of the flood still waits (first-in-first-out would run it last). The
+    bound the README states: a quiet partition's app waits behind at most one app of each other
+    partition per queue shard, plus the claims already in flight."""
+    flood = [EnqueueRequest("counter", app_id=f"n{i}", partition_key="noisy", state={"target": 1})
+             for i in range(3000)]  # fmt: skip
+    for i in range(0, len(flood), 1000):
+        fleet.fc.enqueue_many(flood[i : i + 1000])
+    fleet.spawn(concurrency=4, events_key=None)
+    wait_until(lambda: fleet.fc.overview()["apps"]["completed"] >= 20, 20, "the flood running")
+    queued_at = time.monotonic()
+    fleet.fc.enqueue("counter", "quiet-1", partition_key="quiet", state={"target": 1})
+    wait_until(lambda: fleet.fc.job("quiet-1", partition_key="quiet")["status"] == "completed", 10,
+               "the quiet app completed", interval=0.01)  # fmt: skip
+    waited = time.monotonic() - queued_at
+    left = fleet.fc.overview()["apps"]["queued"]
+    assert left > 1500, f"the flood was nearly done ({left} queued): the test proves nothing"
+    assert waited < 2.0, waited
+
+
+def test_an_idle_worker_starts_a_new_app_without_waiting_for_a_poll(fleet: Fleet) -> None:
+    """The worker polls only every 5 s here; enqueue rings the queue's bell, so apps start at once."""
+    fleet.spawn(poll_interval=5.0, events_key=None)
+    time.sleep(0.5)  # idle: blocked on the bell
+    waits = []
+    for i in range(5):
+        t0 = time.monotonic()
+        fleet.fc.enqueue("counter", f"b{i}", state={"target": 1})
+        wait_until(lambda i=i: fleet.fc.job(f"b{i}")["status"] == "completed", 10, "started", interval=0.005)
+        waits.append(time.monotonic() - t0)
+        time.sleep(0.2)
+    assert max(waits) < 1.0, waits  # polling alone would take up to 5 s
