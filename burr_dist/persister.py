@@ -16,7 +16,7 @@ from burr.core.state import State
 from burr_dist import codec
 from burr_dist.errors import LeaseLost, SequenceConflict, StoreRewound
 from burr_dist.lease import LeaseCore
-from burr_dist.store import AsyncRedisStore, Call, Committed, RedisStore, StoreCore
+from burr_dist.store import AsyncRedisStore, Call, Committed, RedisStore, Settle, StoreCore
 
 if TYPE_CHECKING:
     from burr_dist.chaos.history import HistoryRecorder
@@ -44,6 +44,7 @@ class PersisterCore:
         position: str,
         state: State,
         status: str,
+        settle: Settle | None = None,
     ) -> Call | None:
         if self._last_saved == (partition_key, app_id, sequence_id):
             # The same object registered twice (as persister and as hook): Burr calls us twice, one
@@ -68,7 +69,7 @@ class PersisterCore:
             max_bytes=self.store.config.max_state_bytes,
         )
         call = self.store.commit_call(
-            partition_key, app_id, sequence_id, position, status, blob, write_id, token
+            partition_key, app_id, sequence_id, position, status, blob, write_id, token, settle
         )
         self._last_saved = (partition_key, app_id, sequence_id)
         self._tries = 0
@@ -81,12 +82,13 @@ class PersisterCore:
             )
         return call
 
-    def on_commit(self, reply: Any, partition_key: str | None, app_id: str, sequence_id: int) -> None:
+    def on_commit(self, reply: Any, partition_key: str | None, app_id: str, sequence_id: int) -> Committed:
         self.last_commit = self.store.read_commit(reply, partition_key, app_id, sequence_id)
         self._last_saved = (partition_key, app_id, sequence_id)
         if self.lease is not None:
             self.lease.head_fresh = False
         self._record("ok")
+        return self.last_commit
 
     def on_failure(
         self, partition_key: str | None, app_id: str, sequence_id: int, error: BaseException
@@ -196,14 +198,23 @@ class RedisPersister(BaseStatePersister):
         status: Literal["completed", "failed"],
         **kwargs: Any,
     ) -> None:
-        call = self.core.commit_call(partition_key, app_id, sequence_id, position, state, status)
-        if call is not None:
-            try:
-                reply = self.store.run(call, before_try=self.core.before_try)
-                self.core.on_commit(reply, partition_key, app_id, sequence_id)
-            except BaseException as e:
-                self.core.on_failure(partition_key, app_id, sequence_id, e)
-                raise
+        self.save_and_settle(partition_key, app_id, sequence_id, position, state, status)
+
+    def save_and_settle(
+        self, partition_key: str | None, app_id: str, sequence_id: int, position: str, state: State,
+        status: str, settle: Settle | None = None,
+    ) -> Committed | None:  # fmt: skip
+        """``save``, and with ``settle`` (the worker, on a claim's last step) the settle of the
+        lease in the same script: one round trip instead of two. None for a duplicate save."""
+        call = self.core.commit_call(partition_key, app_id, sequence_id, position, state, status, settle)
+        if call is None:
+            return None
+        try:
+            reply = self.store.run(call, before_try=self.core.before_try)
+            return self.core.on_commit(reply, partition_key, app_id, sequence_id)
+        except BaseException as e:
+            self.core.on_failure(partition_key, app_id, sequence_id, e)
+            raise
 
 
 class AsyncRedisPersister(AsyncBaseStatePersister):
@@ -243,11 +254,18 @@ class AsyncRedisPersister(AsyncBaseStatePersister):
         status: Literal["completed", "failed"],
         **kwargs: Any,
     ) -> None:
-        call = self.core.commit_call(partition_key, app_id, sequence_id, position, state, status)
-        if call is not None:
-            try:
-                reply = await self.store.run(call, before_try=self.core.before_try)
-                self.core.on_commit(reply, partition_key, app_id, sequence_id)
-            except BaseException as e:
-                self.core.on_failure(partition_key, app_id, sequence_id, e)
-                raise
+        await self.save_and_settle(partition_key, app_id, sequence_id, position, state, status)
+
+    async def save_and_settle(
+        self, partition_key: str | None, app_id: str, sequence_id: int, position: str, state: State,
+        status: str, settle: Settle | None = None,
+    ) -> Committed | None:  # fmt: skip
+        call = self.core.commit_call(partition_key, app_id, sequence_id, position, state, status, settle)
+        if call is None:
+            return None
+        try:
+            reply = await self.store.run(call, before_try=self.core.before_try)
+            return self.core.on_commit(reply, partition_key, app_id, sequence_id)
+        except BaseException as e:
+            self.core.on_failure(partition_key, app_id, sequence_id, e)
+            raise

@@ -33,7 +33,7 @@ from burr_dist.errors import ConfigurationError, LeaseError, LeaseLost, Sequence
 from burr_dist.lease import AsyncLease
 from burr_dist.persister import AsyncRedisPersister, RedisPersister
 from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
-from burr_dist.store import RedisStore
+from burr_dist.store import Committed, RedisStore, Settle
 
 if TYPE_CHECKING:
     from burr_dist.chaos.history import HistoryRecorder
@@ -50,13 +50,19 @@ class _ActionFailed(Exception):
         self.error = error
 
 
-def _step_and_commit(app: Application, persister: RedisPersister, lease: AsyncLease, inputs: Any) -> None:
+def _step_and_commit(
+    app: Application, persister: RedisPersister, lease: AsyncLease, inputs: Any,
+    plan: Callable[[], Settle | None],
+) -> Committed | None:  # fmt: skip
+    """One sync step and its commit; ``plan`` (called once the step ran) may add the settle."""
     try:
         action, _, state = app.step(inputs=inputs)  # type: ignore[misc]
     except Exception as e:
         raise _ActionFailed(e) from e
     assert app.sequence_id is not None
-    persister.save(lease.partition_key, lease.app_id, app.sequence_id, action.name, state, "completed")
+    return persister.save_and_settle(
+        lease.partition_key, lease.app_id, app.sequence_id, action.name, state, "completed", plan()
+    )
 
 
 @dataclass
@@ -75,6 +81,8 @@ class _Run:
     waiting_for: str = ""
     position: str = ""  # the action that failed
     error: Exception | None = None
+    settled: tuple[str, int, int] | None = None  # the last commit also settled: (status, run_at, attempts)
+    release_op: str | None = None  # chaos history: the settle sent with the last commit
 
 
 class Recorder:
@@ -185,7 +193,6 @@ class ClaimRunner:
         # differs from the stored one once a step of this claim committed after failures.
         kw.setdefault("attempts", str(int(lease.job.get("attempts") or 0)))
         lease.check()  # settle.lua checks the token too; this stops a worker that saw the store rewind
-        claim: Claim = lease.entry
         op = self.recorder.invoke("release", lease)
         try:
             reply = await self.fleet.run(
@@ -199,12 +206,15 @@ class ClaimRunner:
         if int(reply[0]) == 0:
             raise LeaseLost(f"settle of {lease.app_id!r} refused: lease no longer ours", app_id=lease.app_id)
         settled = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-        run_at = int(reply[2])
+        return await self._after_settle(lease, settled, int(reply[2]))
+
+    async def _after_settle(self, lease: AsyncLease, settled: str, run_at: int) -> tuple[str, int | None]:
+        """The queue side once the settle succeeded: ack (and requeue), expiry of a finished app."""
+        claim: Claim = lease.entry
         again = run_at if settled == "queued" else None
-        cmds = [
-            self.fleet.ack_call(claim.queue, claim.member, claim.deadline, again, claim_ms=lease.ttl_ms).cmd()
-        ]
-        if status == "completed" and self.config.finished_ttl:
+        ack = self.fleet.ack_call(claim.queue, claim.member, claim.deadline, again, claim_ms=lease.ttl_ms)
+        cmds = [ack.cmd()]
+        if settled == "completed" and self.config.finished_ttl:
             cmds += self.fleet.expire_cmds(lease.partition_key, lease.app_id, None)
         await self.fleet.commands(cmds, durable=True)
         return settled, run_at
@@ -249,16 +259,47 @@ class ClaimRunner:
             return "handed_back", None
         return "step", nxt
 
-    def _step_done(self, run: _Run) -> bool:
-        """Book-keeping after a committed step; True when a cancel was requested."""
+    def _plan_settle(self, run: _Run) -> Settle | None:
+        """Called once a step ran, before its commit: account for the step and, when the claim
+        ends after it, the settle to send with the commit (one round trip instead of two)."""
         if run.pending is not None:
             run.pending, run.consumed = None, True
         run.steps += 1
+        run.end, info = self._decide(run)
+        if run.end == "step":
+            return None
+        run.waiting_for = info if run.end == "waiting" else ""
+        settle = {
+            "completed": Settle("completed", attempts="reset", consumed=run.consumed),
+            "waiting": Settle("waiting", attempts="0", waiting_for=run.waiting_for, consumed=run.consumed),
+            "handed_back": Settle("queued", attempts="0", consumed=run.consumed),
+        }[run.end]
+        run.release_op = self.recorder.invoke("release", run.lease)
+        return settle
+
+    def _step_done(self, run: _Run, committed: Committed | None) -> bool:
+        """Book-keeping after a committed step; True when the claim ends here."""
         # A committed step ends a run of failures: attempts count consecutive failures (the
         # settles of this claim send the count it holds, see _settle).
         run.lease.job["attempts"] = "0"
-        last = run.persister.core.last_commit
-        return last is not None and last.cancel_requested
+        if run.release_op is not None:
+            self.recorder.complete(run.release_op, "ok")
+            run.release_op = None
+        if committed is not None and committed.settled is not None:
+            run.settled = committed.settled
+            if committed.settled[0] == "cancelled":
+                run.end = "cancelled"
+            return True
+        if committed is not None and committed.cancel_requested:
+            run.end = "cancelled"
+            return True
+        run.end = ""
+        return False
+
+    def _commit_failed(self, run: _Run) -> None:
+        if run.release_op is not None:
+            self.recorder.complete(run.release_op, "unknown")
+            run.release_op = None
 
     @staticmethod
     def _inputs(run: _Run, nxt: Any) -> dict[str, Any] | None:
@@ -282,18 +323,17 @@ class ClaimRunner:
                     raise
                 run.end, run.position, run.error = "action_failed", info.name, e
                 return
-            await run.persister.save(
-                run.lease.partition_key,
-                run.lease.app_id,
-                run.app.sequence_id,
-                action.name,
-                state,
-                "completed",
-            )
-            cancel = self._step_done(run)
+            try:
+                committed = await run.persister.save_and_settle(
+                    run.lease.partition_key, run.lease.app_id, run.app.sequence_id, action.name, state,
+                    "completed", self._plan_settle(run),
+                )  # fmt: skip
+            except BaseException:
+                self._commit_failed(run)
+                raise
+            ends = self._step_done(run, committed)
             await self._emit("step_committed", run.spec.name, run.lease, run.app)
-            if cancel:
-                run.end = "cancelled"
+            if ends:
                 return
 
     def _sync_steps(self, run: _Run, builder: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -316,22 +356,34 @@ class ClaimRunner:
                 return
             run.lease.check()
             try:
-                _step_and_commit(run.app, run.persister, run.lease, self._inputs(run, info))
+                committed = _step_and_commit(
+                    run.app, run.persister, run.lease, self._inputs(run, info), lambda: self._plan_settle(run)
+                )
             except _ActionFailed as failed:
                 if isinstance(failed.error, (LeaseError, SequenceConflict)):
                     raise failed.error from None
                 run.end, run.position, run.error = "action_failed", info.name, failed.error
                 return
-            cancel = self._step_done(run)
+            except BaseException:
+                self._commit_failed(run)
+                raise
+            ends = self._step_done(run, committed)
             emit("step_committed")
-            if cancel:
-                run.end = "cancelled"
+            if ends:
                 return
 
     async def _finish(self, run: _Run, is_async: bool) -> tuple[str, int | None]:
         """Settle (with the queue ack) as the claim's end asks, and tell the hooks."""
         lease, name, app, consumed = run.lease, run.spec.name, run.app, run.consumed
         assert app is not None
+        if run.settled is not None:  # the last commit settled too
+            status, run_at, _ = run.settled
+            await lease.detach()
+            result = await self._after_settle(lease, status, run_at)
+            await self._emit(
+                {"waiting": "parked", "queued": "handed_back"}.get(status, status), name, lease, app
+            )
+            return result
         if run.end == "action_failed":
             assert run.error is not None
             return await self._action_failed(

@@ -132,6 +132,23 @@ class Committed:
     sequence_id: int
     replayed: bool  # True when a retry found its own write already committed
     cancel_requested: bool = False
+    settled: tuple[str, int, int] | None = None  # (status, run_at_ms, attempts) of a commit that settled
+
+
+@dataclass(frozen=True)
+class Settle:
+    """A settle for commit.lua to apply with a claim's last step (settle.lua's arguments)."""
+
+    status: str
+    delay_ms: int = 0
+    attempts: str = "keep"
+    error: str = ""
+    waiting_for: str = ""
+    consumed: bool = False
+
+    def args(self) -> tuple[str | int, ...]:
+        return (self.status, self.delay_ms, self.attempts, self.error[:4000], self.waiting_for,
+                "1" if self.consumed else "0")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -223,13 +240,15 @@ class StoreCore:
         blob: bytes,
         write_id: str,
         token: str = "",
+        settle: Settle | None = None,
     ) -> Call:
         k = self.keys(partition_key, app_id)
         return Call(
             script("commit"),
-            (k.meta, k.snaps, k.lease, k.index, k.job),
-            (sequence_id, blob, position, status, write_id, self.config.keep, token, app_id),
-        )
+            (k.meta, k.snaps, k.lease, k.index, k.job, k.counts),
+            (sequence_id, blob, position, status, write_id, self.config.keep, token, app_id,
+             *(settle.args() if settle is not None else ("",))),
+        )  # fmt: skip
 
     @staticmethod
     def read_commit(
@@ -237,7 +256,10 @@ class StoreCore:
     ) -> Committed:
         code = int(reply[0])
         if code in (1, 2):
-            return Committed(sequence_id, replayed=code == 2, cancel_requested=bool(reply[2]))
+            settled = (_s(reply[3]), int(reply[4]), int(reply[5] or 0)) if len(reply) > 3 else None
+            return Committed(
+                sequence_id, replayed=code == 2, cancel_requested=bool(reply[2]), settled=settled
+            )
         if code == -1:
             head = int(reply[1])
             raise SequenceConflict(

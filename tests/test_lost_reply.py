@@ -228,3 +228,59 @@ def test_refused_retry_of_an_applied_commit_is_recorded_unknown(
     assert [(o.op, o.new_seq, o.outcome) for o in operations(events)] == [("commit", 0, "unknown")]
     final = {app_key(PK, "chat"): FinalState("held", 0, {0: state_digest(head["state"].get_all())})}
     assert check(events, final) == []
+
+
+class _FirstCommitReplyLost(RedisStore):
+    """Sends the first commit for real and loses its reply (the retry must recognise it)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client, StoreConfig(retry=FAST_RETRY))
+        armed = [True]
+        real = self.transport._send
+
+        def send(batch: Any, pool: Any, idx: list[int], node: str) -> None:
+            real(batch, pool, idx, node)
+            if armed[0] and any(batch.cmds[i].name == "commit" for i in idx):
+                armed[0] = False
+                batch.pending.update(idx)
+                raise redis.ConnectionError("connection reset: reply lost")
+
+        self.transport._send = send  # type: ignore[method-assign]
+
+
+def test_a_commit_that_settled_is_recognised_when_its_reply_was_lost(server: EmbeddedServer) -> None:
+    """A claim's last step commits and settles (releasing the lease) in one script. Its retry
+    finds the lease gone: it must recognise its own write and settle, not report a lost lease."""
+    from burr_dist import FleetClient
+    from burr_dist.store import Settle
+
+    fleet = FleetClient.from_url(server.url)
+    fleet.enqueue("counter", "s1")
+    store = _FirstCommitReplyLost(connect(server.url))
+    lease = Lease(store, "default", "s1", ttl=30, worker="w0").acquire(auto_renew=False)
+    committed = lease.persister.save_and_settle(
+        "default", "s1", 0, "tick", State({"n": 1}), "completed", Settle("completed", attempts="reset")
+    )
+    assert committed is not None and committed.replayed
+    assert committed.settled is not None and committed.settled[0] == "completed"
+    job = fleet.show("s1")
+    assert (job["status"], job["sequence_id"], job["lease_holder"]) == ("completed", 0, None)
+    assert fleet.overview()["apps"]["completed"] == 1 and fleet.overview()["apps"]["running"] == 0
+
+
+def test_a_commit_with_a_settle_is_fenced_like_any_other(server: EmbeddedServer) -> None:
+    from burr_dist import FleetClient
+    from burr_dist.store import Settle
+
+    fleet = FleetClient.from_url(server.url)
+    fleet.enqueue("counter", "s2")
+    store = RedisStore(connect(server.url))
+    lease = Lease(store, "default", "s2", ttl=30, worker="w0").acquire(auto_renew=False)
+    keys = KeySchema("burr").app("default", "s2")
+    store.client.delete(keys.lease)  # expired; nobody took it yet
+    with pytest.raises(LeaseLost):
+        lease.persister.save_and_settle(
+            "default", "s2", 0, "tick", State({"n": 1}), "completed", Settle("completed")
+        )
+    job = fleet.show("s2")
+    assert (job["status"], job["sequence_id"]) == ("running", None)  # nothing written, nothing settled

@@ -42,3 +42,44 @@ local function fair_remove(vt, member)
     redis.call('HDEL', vt, 'n:' .. pk, 'l:' .. pk)
   end
 end
+-- End a worker's claim on an app: record the new status in its fleet record and delete its
+-- lease (the caller checked the lease is this worker's). Shared by settle.lua and commit.lua (a
+-- claim's last step commits and settles in one script). `a` holds the settle arguments:
+-- token, status, delay_ms, attempts ("reset" | "incr" | "keep" | a count), error, waiting_for,
+-- consumed ("1" when pending inputs were used). Returns {status, run_at, attempts}.
+local function settle_job(lease, job, counts, a, now)
+  local status = a.status
+  if status ~= 'completed' and redis.call('HGET', job, 'cancel') == '1' then
+    status = 'cancelled'
+  end
+  local run_at = now + tonumber(a.delay_ms)
+  move_status(counts, redis.call('HGET', job, 'status'), status)
+  redis.call('HSET', job, 'status', status, 'worker', '', 'updated_at', now, 'run_at', run_at,
+    'waiting_for', a.waiting_for, 'settled', a.token)
+  if a.attempts == 'reset' then
+    redis.call('HSET', job, 'attempts', 0)
+  elseif a.attempts == 'incr' then
+    redis.call('HINCRBY', job, 'attempts', 1)
+  elseif tonumber(a.attempts) then
+    redis.call('HSET', job, 'attempts', tonumber(a.attempts))
+  end
+  if a.error ~= '' then
+    redis.call('HSET', job, 'last_error', a.error)
+  end
+  if a.consumed == '1' then
+    redis.call('HSET', job, 'inputs', '', 'inputs_at', '-')
+  end
+  if status == 'completed' or status == 'cancelled' then
+    redis.call('HDEL', job, 'cancel')
+  end
+  redis.call('DEL', lease)
+  return {status, run_at, redis.call('HGET', job, 'attempts')}
+end
+-- The result of the settle a retry's first send already applied (its reply was lost), or nil.
+local function settled_before(job, token)
+  if redis.call('HGET', job, 'settled') == token then
+    local j = redis.call('HMGET', job, 'status', 'run_at', 'attempts')
+    return {j[1], j[2], j[3]}
+  end
+  return nil
+end

@@ -4,7 +4,9 @@
 -- KEYS[2] snaps  hash   seq -> snapshot JSON (starts with {"w":"<16-hex write id>", ...)
 -- KEYS[3] lease  string current lease token (absent when nobody holds the app)
 -- KEYS[4] index  zset   the partition's index in this bucket: app id -> first commit (server ms)
--- KEYS[5] job    hash   fleet record; only its 'cancel' field is read (absent outside a fleet)
+-- KEYS[5] job    hash   fleet record: its 'cancel' field is read (absent outside a fleet), and
+--                       a settle (below) writes it
+-- KEYS[6] counts hash   the bucket's status counters (written only by a settle)
 -- ARGV[1] seq     sequence id of the step being committed
 -- ARGV[2] blob    snapshot JSON
 -- ARGV[3] pos     action name (Burr "position")
@@ -13,27 +15,54 @@
 -- ARGV[6] keep    number of snapshots to retain (>= 1)
 -- ARGV[7] token   lease token, or "" for an unfenced commit
 -- ARGV[8] app_id  member for the partition index
--- Returns {1, seq, cancel} committed (cancel is "1" when a cancel was requested); {2, seq, cancel} this very write was already committed (retry after a
--- lost reply); {-1, head} conflict, head is the stored head sequence; {-2, holder} fenced out,
--- holder is the current lease token or "".
+-- ARGV[9..15]     a settle to apply once the step is committed (the claim's last step), as
+--                 settle.lua's ARGV[2..7] (status ... consumed), or ARGV[9] = "": no settle
+-- Returns {1, seq, cancel, settled...} committed (cancel is "1" when a cancel was requested;
+-- settled is {status, run_at, attempts} when a settle was asked for); {2, seq, cancel, settled...}
+-- this very write was already committed (retry after a lost reply, also when that first send
+-- settled and so released the lease); {-1, head} conflict, head is the stored head sequence;
+-- {-2, holder} fenced out, holder is the current lease token or "".
 local seq = tonumber(ARGV[1])
 local token = ARGV[7]
+local settle = ARGV[9] ~= nil and ARGV[9] ~= ''
+local function mine()
+  local stored = redis.call('HGET', KEYS[2], ARGV[1])
+  return stored and string.sub(stored, 7, 22) == ARGV[5]
+end
+local function reply(code, cancel, settled)
+  local out = {code, seq, cancel}
+  if settled then
+    out[4], out[5], out[6] = settled[1], settled[2], settled[3]
+  end
+  return out
+end
 if token ~= '' then
   local holder = redis.call('GET', KEYS[3])
   if holder ~= token then
+    if settle and mine() then
+      local before = settled_before(KEYS[5], token)
+      if before then
+        return reply(2, '', before)
+      end
+    end
     return {-2, holder or ''}
   end
+end
+local function settled_now()
+  if not settle then
+    return nil
+  end
+  return settle_job(KEYS[3], KEYS[5], KEYS[6], {token = token, status = ARGV[9], delay_ms = ARGV[10],
+    attempts = ARGV[11], error = ARGV[12], waiting_for = ARGV[13], consumed = ARGV[14]}, now_ms())
 end
 local meta = redis.call('HMGET', KEYS[1], 'head', 'oldest')
 local head = meta[1]
 if head then
   local h = tonumber(head)
   if h ~= seq - 1 then
-    if h >= seq then
-      local mine = redis.call('HGET', KEYS[2], ARGV[1])
-      if mine and string.sub(mine, 7, 22) == ARGV[5] then
-        return {2, seq, redis.call('HGET', KEYS[5], 'cancel') or ''}
-      end
+    if h >= seq and mine() then
+      local cancel = redis.call('HGET', KEYS[5], 'cancel') or ''
+      return reply(2, cancel, settled_now())
     end
     return {-1, h}
   end
@@ -51,4 +80,5 @@ if not head then
   -- First commit of the app: index it once, by creation time on the server's clock.
   redis.call('ZADD', KEYS[4], 'NX', now_ms(), ARGV[8])
 end
-return {1, seq, redis.call('HGET', KEYS[5], 'cancel') or ''}
+local cancel = redis.call('HGET', KEYS[5], 'cancel') or ''
+return reply(1, cancel, settled_now())

@@ -14,36 +14,12 @@
 -- Returns {1, status, run_at_ms, attempts} settled, also to a retry whose first send settled
 -- (its lost reply); {0} the lease was not ours.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  if redis.call('HGET', KEYS[2], 'settled') == ARGV[1] then
-    local j = redis.call('HMGET', KEYS[2], 'status', 'run_at', 'attempts')
-    return {1, j[1], j[2], j[3]}
+  local before = settled_before(KEYS[2], ARGV[1])
+  if before then
+    return {1, before[1], before[2], before[3]}
   end
   return {0}
 end
-local now = now_ms()
-local status = ARGV[2]
-if status ~= 'completed' and redis.call('HGET', KEYS[2], 'cancel') == '1' then
-  status = 'cancelled'
-end
-local run_at = now + tonumber(ARGV[3])
-move_status(KEYS[3], redis.call('HGET', KEYS[2], 'status'), status)
-redis.call('HSET', KEYS[2], 'status', status, 'worker', '', 'updated_at', now, 'run_at', run_at,
-  'waiting_for', ARGV[6], 'settled', ARGV[1])
-if ARGV[4] == 'reset' then
-  redis.call('HSET', KEYS[2], 'attempts', 0)
-elseif ARGV[4] == 'incr' then
-  redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-elseif tonumber(ARGV[4]) then
-  redis.call('HSET', KEYS[2], 'attempts', tonumber(ARGV[4]))
-end
-if ARGV[5] ~= '' then
-  redis.call('HSET', KEYS[2], 'last_error', ARGV[5])
-end
-if ARGV[7] == '1' then
-  redis.call('HSET', KEYS[2], 'inputs', '', 'inputs_at', '-')
-end
-if status == 'completed' or status == 'cancelled' then
-  redis.call('HDEL', KEYS[2], 'cancel')
-end
-redis.call('DEL', KEYS[1])
-return {1, status, run_at, redis.call('HGET', KEYS[2], 'attempts')}
+local r = settle_job(KEYS[1], KEYS[2], KEYS[3], {token = ARGV[1], status = ARGV[2], delay_ms = ARGV[3],
+  attempts = ARGV[4], error = ARGV[5], waiting_for = ARGV[6], consumed = ARGV[7]}, now_ms())
+return {1, r[1], r[2], r[3]}
