@@ -2,6 +2,7 @@
 
     python bench/fleet.py [--apps N] [--ten-step-apps M] [--concurrency C] [--redis-url URL]
                           [--idle-apps K] [--systems burr_dist,arq,rq] [--peer-python PATH]
+                          [--rounds R]
 
 Rows (one worker process per system unless said otherwise; the apps are bench/apps.py's):
 - burr_dist: ``Worker(...).run_forever()``, concurrency C, running N one-step and M ten-step apps,
@@ -34,11 +35,13 @@ burr_dist children run with the test venv's python (--burr-python, default ``.ve
 the peers with the bench venv's (--peer-python, default ``.venv-bench/bin/python``, made by
 ``make bench-env``), so each runs on the redis-py its users get. Without --redis-url (or REDIS_URL)
 an embedded server is started; on a server given by URL nothing is flushed, only keys containing
-this run's tag are deleted afterwards. The last line is ``ratio_vs_rq=... ratio_vs_arq=...
-same_work_one=... same_work_ten=... server_us_per_app=... start_p50_ms=...``: burr_dist one-step
-sync apps/s over RQ's and arq's no-op jobs/s, over arq + Burr's apps/s on the one-step sync app and
-steps/s on the ten-step sync app, burr_dist's Redis CPU per one-step sync app, and its idle p50
-enqueue -> first step.
+this run's tag are deleted afterwards. With --rounds R every row runs R times, interleaved (a burst
+of load from elsewhere hits every row alike), and the fastest run of each is reported.
+
+The last line is ``ratio_vs_rq=... ratio_vs_arq=... same_work_one=... same_work_ten=...
+server_us_per_app=... start_p50_ms=...``: burr_dist one-step sync apps/s over RQ's and arq's
+no-op jobs/s, over arq + Burr's apps/s on the one-step sync app and steps/s on the ten-step sync
+app, burr_dist's Redis CPU per one-step sync app, and its idle p50 enqueue -> first step.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +104,7 @@ class Bench:
         self.r = redis.Redis.from_url(url)
         self.meter = ServerMeter(self.r)
         self.logdir = tempfile.mkdtemp(prefix="fleetbench-")
+        self.round = 0  # in key names: every round runs on fresh keys
 
     def timed(self, kids: Children, word: str, count: int) -> tuple[float, float, ServerDelta]:
         """Release ``kids``; (wall-clock release time, seconds until ``count`` ``word`` lines, delta)."""
@@ -146,7 +152,7 @@ class Bench:
     def burr(self, kind: str, n: int, procs: int) -> Row:
         from burr_dist.queue import EnqueueRequest
 
-        prefix = f"{self.tag}-p{procs}-{kind}"
+        prefix = f"{self.tag}-r{self.round}-p{procs}-{kind}"
         fleet = self.fleet(prefix)
         ids = [f"a{i}" for i in range(n)]
         for i in range(0, n, 1000):
@@ -185,7 +191,7 @@ class Bench:
                 "--arq-poll-delay", str(self.args.arq_poll_delay), *extra]  # fmt: skip
 
     def peer(self, system: str, kind: str, n: int) -> Row:
-        name = f"{self.tag}-{system}-{kind}"
+        name = f"{self.tag}-r{self.round}-{system}-{kind}"
         kids = Children([self.peer_cmd("worker", system, name, kind, n, "--burst")], self.logdir, name)
         released, seconds, server = self.timed(kids, "done", 1)
         (result,) = kids.finish()
@@ -225,25 +231,30 @@ class Bench:
 
 
 def run(bench: Bench, args: argparse.Namespace, peers: list[str]) -> tuple[list[Row], list[Row]]:
-    rows: list[Row] = []
     kinds = [k for k, n in (("one", args.apps), ("ten", args.ten_step_apps)) if n]
     sizes = {"one": args.apps, "ten": args.ten_step_apps, "one_async": args.apps,
              "ten_async": args.ten_step_apps, "noop": args.apps}  # fmt: skip
     every = kinds + [f"{k}_async" for k in kinds]
+    plan: list[Callable[[], Row]] = []
     if "burr_dist" in args.systems:
-        rows += [bench.burr(k, sizes[k], 1) for k in every]
+        plan += [partial(bench.burr, k, sizes[k], 1) for k in every]
     for system in peers:
-        rows += [bench.peer(system, k, sizes[k]) for k in (every if system == "arq" else kinds)]
+        plan += [partial(bench.peer, system, k, sizes[k]) for k in (every if system == "arq" else kinds)]
     if args.apps:
-        rows += [bench.peer(system, "noop", args.apps) for system in peers]
+        plan += [partial(bench.peer, system, "noop", args.apps) for system in peers]
     if "burr_dist" in args.systems and args.scale_procs > 1:
-        rows += [bench.burr(k, sizes[k], args.scale_procs) for k in kinds]
+        plan += [partial(bench.burr, k, sizes[k], args.scale_procs) for k in kinds]
+    best: list[Row] = []
+    for n in range(args.rounds):  # interleaved, so a burst of load elsewhere hits every row alike
+        bench.round = n
+        rows = [thunk() for thunk in plan]
+        best = [r if not best or r.seconds < best[i].seconds else best[i] for i, r in enumerate(rows)]
     idle: list[Row] = []
     if args.idle_apps:
         if "burr_dist" in args.systems:
             idle.append(bench.burr_idle(args.idle_apps))
         idle += [bench.peer_idle(system, args.idle_apps) for system in peers]
-    return rows, idle
+    return best, idle
 
 
 def main() -> None:
@@ -257,6 +268,9 @@ def main() -> None:
     )
     ap.add_argument(
         "--scale-procs", type=int, default=os.cpu_count() or 1, help="burr_dist processes, scaling rows"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="runs of every row, interleaved; the fastest is kept"
     )
     ap.add_argument("--systems", default="burr_dist,arq,rq", help="comma-separated: burr_dist, arq, rq")
     ap.add_argument("--arq-poll-delay", type=float, default=0.01, help="arq's own default is 0.5 s")
@@ -292,7 +306,7 @@ def main() -> None:
         version = bench.r.info("server")["redis_version"]
         print(f"server={url} ({'embedded ' + server.kind if server else 'external'} {version}) "
               f"cpus={os.cpu_count()} load={'/'.join(f'{x:.2f}' for x in os.getloadavg())} "
-              f"concurrency={args.concurrency} arq_poll_delay={args.arq_poll_delay}s "
+              f"concurrency={args.concurrency} rounds={args.rounds} arq_poll_delay={args.arq_poll_delay}s "
               f"burr_python={args.burr_python} peer_python={args.peer_python if peers else '-'}")  # fmt: skip
         print("timing: enqueue, start the workers idle, release -> the workers report the work done; latencies "
               "in ms from max(enqueue, release); server figures are INFO deltas over the timed phase")  # fmt: skip

@@ -209,6 +209,8 @@ def report(rows: list[Row], idle: list[Row], args: argparse.Namespace) -> None:
                 + " ".join(f"{row.latency_ms(c, q):8.1f}" for c in (1, 2) for q in (0.5, 0.99))
             )
 
+    print(f"load average at the end: {'/'.join(f'{x:.2f}' for x in os.getloadavg())} (cpus={os.cpu_count()})")
+
     def find(system: str, kind: str, procs: int = 1) -> Row | None:
         return next((r for r in rows if (r.system, r.kind, r.procs) == (system, kind, procs)), None)
 
