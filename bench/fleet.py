@@ -131,13 +131,14 @@ class Bench:
 
     def burr_times(self, fleet: Any, ids: list[str], kind: str, since: float = 0.0) -> list[list[float]]:
         """Per app (enqueue, first step, done) from the job records; checks each app completed."""
+        from burr_dist.keys import partition_of
         from burr_dist.transport import Cmd
 
         out = []
         for i in range(0, len(ids), 500):
             cmds = []
             for app_id in ids[i : i + 500]:
-                k = fleet.keys("default", app_id)
+                k = fleet.keys(partition_of(None), app_id)
                 cmds += [Cmd(k.job, ("HMGET", k.job, "created_at", "updated_at", "status")),
                          Cmd(k.snaps, ("HGET", k.snaps, "0")), Cmd(k.meta, ("HGET", k.meta, "head"))]  # fmt: skip
             replies = fleet.commands(cmds)
