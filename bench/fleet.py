@@ -231,6 +231,11 @@ class Bench:
                 self.r.srem(setkey, *mine)
 
 
+def shown(path: str) -> str:
+    """A path relative to the repository when it is inside it."""
+    return os.path.relpath(path, ROOT) if Path(os.path.abspath(path)).is_relative_to(ROOT) else path
+
+
 def run(bench: Bench, args: argparse.Namespace, peers: list[str]) -> tuple[list[Row], list[Row]]:
     kinds = [k for k, n in (("one", args.apps), ("ten", args.ten_step_apps)) if n]
     sizes = {"one": args.apps, "ten": args.ten_step_apps, "one_async": args.apps,
@@ -271,7 +276,7 @@ def main() -> None:
         "--scale-procs", type=int, default=os.cpu_count() or 1, help="burr_dist processes, scaling rows"
     )
     ap.add_argument(
-        "--rounds", type=int, default=1, help="runs of every row, interleaved; the fastest is kept"
+        "--rounds", type=int, default=3, help="runs of every row, interleaved; the fastest is kept"
     )
     ap.add_argument("--systems", default="burr_dist,arq,rq", help="comma-separated: burr_dist, arq, rq")
     ap.add_argument("--arq-poll-delay", type=float, default=0.01, help="arq's own default is 0.5 s")
@@ -308,7 +313,7 @@ def main() -> None:
         print(f"server={url} ({'embedded ' + server.kind if server else 'external'} {version}) "
               f"cpus={os.cpu_count()} load={'/'.join(f'{x:.2f}' for x in os.getloadavg())} "
               f"concurrency={args.concurrency} rounds={args.rounds} arq_poll_delay={args.arq_poll_delay}s "
-              f"burr_python={args.burr_python} peer_python={args.peer_python if peers else '-'}")  # fmt: skip
+              f"burr_python={shown(args.burr_python)} peer_python={shown(args.peer_python) if peers else '-'}")  # fmt: skip
         print("timing: enqueue, start the workers idle, release -> the workers report the work done; latencies "
               "in ms from max(enqueue, release); server figures are INFO deltas over the timed phase")  # fmt: skip
         rows, idle = run(bench, args, peers)

@@ -346,7 +346,8 @@ def test_bench_scripts_run_at_a_small_size(fleet_server: EmbeddedServer) -> None
     assert steps.stdout.splitlines()[-1].startswith("ratio_vs_burr_redis="), steps.stdout
     fleet = subprocess.run(
         [sys.executable, "bench/fleet.py", "--apps", "3", "--ten-step-apps", "2", "--idle-apps", "2",
-         "--idle-gap", "0.005", "--concurrency", "4", "--scale-procs", "2", "--burr-python", sys.executable],
+         "--idle-gap", "0.005", "--concurrency", "4", "--scale-procs", "2", "--rounds", "1",
+         "--burr-python", sys.executable],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert fleet.returncode == 0, fleet.stderr
