@@ -23,8 +23,9 @@ a ``completed`` event hook prints a line per app; arq and RQ in burst mode: thei
 The parent sends no command while the clock runs: the server's figures are deltas of INFO taken
 just before the release and just after the end (``used_cpu_sys + used_cpu_user``;
 ``total_commands_processed``, which counts the commands scripts run as well; commandstats).
-Round trips: burr_dist's transports count them (the worker prints its count at exit); the peers
-count redis-py's ``send_packed_command`` calls (one per command or pipeline).
+Round trips: burr_dist's transports count them (the worker prints its count at exit), plus the
+BLPOPs on its queue bell (the server's count: they bypass the transports); the peers count
+redis-py's ``send_packed_command`` calls (one per command or pipeline).
 Latencies, from the job records: enqueue -> first step (burr_dist: the job's ``created_at`` (server
 ms) to the ``at`` of the snapshot of sequence 0 (ms); arq/RQ: their enqueue time to the
 ``created_at`` Burr's persister wrote for sequence 0; no-op jobs: to the job's start) and
@@ -160,7 +161,11 @@ class Bench:
             fleet.enqueue_many([EnqueueRequest(kind, app_id=a) for a in ids[i : i + 1000]])
         kids = self.burr_children(prefix, procs)
         released, seconds, server = self.timed(kids, "completed", n)
-        trips = sum(p["round_trips"] for p in kids.finish(stop=True))
+        # The transports count every round trip but the idle wait on the queue bell (a BLPOP on the
+        # client itself): the server's count of those is added.
+        trips = (
+            sum(p["round_trips"] for p in kids.finish(stop=True)) + server.cmdstats.get("blpop", (0, 0))[0]
+        )
         times = self.burr_times(fleet, ids, kind, since=released)
         fleet.client.close()
         return Row("burr_dist", procs, kind, n, seconds, server, trips, times)
