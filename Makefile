@@ -61,14 +61,15 @@ $(BENCH_STAMP): pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install -q -e '.[bench]'
-	$(BENCH_VENV)/bin/python -c 'import arq, rq, redis, bench.fleet; print("bench env: redis-py", redis.__version__)'
+	$(BENCH_VENV)/bin/python -c 'import arq, rq, redis, bench.fleet_peers; print("bench env: redis-py", redis.__version__)'
 	touch $(BENCH_STAMP)
 
 bench-env: $(BENCH_STAMP)
 
-# burr_dist against RQ and arq (bench/fleet.py), in the bench venv.
-bench-fleet: $(BENCH_STAMP)
-	$(BENCH_VENV)/bin/python bench/fleet.py
+# burr_dist against arq + Burr and RQ + Burr on the same apps (bench/fleet.py): burr_dist's
+# workers in .venv, the peers' in .venv-bench, each on the redis-py its users get.
+bench-fleet: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/fleet.py
 
 chaos: $(STAMP)
 	CHAOS_SIZE=large $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos -m chaos

@@ -1,60 +1,80 @@
-"""Fleet throughput: burr_dist worker processes against RQ and arq, on one Redis server.
+"""The same work on burr_dist, arq and RQ, on one Redis server and with one clock.
 
     python bench/fleet.py [--apps N] [--ten-step-apps M] [--concurrency C] [--redis-url URL]
+                          [--idle-apps K] [--systems burr_dist,arq,rq] [--peer-python PATH]
+                          [--rounds R]
 
-burr_dist runs N single-step apps and M ten-step apps (bench/apps.py) with 1, then 2 worker
-processes (``Worker(...).run_forever()``, concurrency C). RQ (one ``SimpleWorker``, burst) and arq
-(one worker, burst, ``max_jobs`` = C, ``poll_delay`` 0.01 s: with arq's default 0.5 s it idles
-between batches of 100) each run N no-op jobs. Every system gets the same clock:
+Rows (one worker process per system unless said otherwise; the apps are bench/apps.py's):
+- burr_dist: ``Worker(...).run_forever()``, concurrency C, running N one-step and M ten-step apps,
+  each with a sync and with an async action; then the sync ones again with as many worker
+  processes as the machine has cores (the scaling rows).
+- arq + Burr: arq jobs (``max_jobs`` C, ``poll_delay`` --arq-poll-delay) that run the SAME apps with
+  Burr's ``AsyncRedisBasePersister`` (``initialize_from`` + ``with_state_persister``, ``abuild``,
+  step until done): sync and async actions.
+- RQ + Burr: one ``SimpleWorker`` (burst) running the sync-action apps with Burr's sync
+  ``RedisBasePersister`` (it cannot build an async app).
+- arq and RQ no-op jobs (N each): the queues' own ceilings.
+- Start latency on an IDLE fleet: one worker process per system, started and idle, then K one-step
+  sync apps enqueued one at a time, --idle-gap seconds apart.
 
-    all jobs are enqueued and the worker processes started and idle, waiting on stdin; the clock
-    starts when they are released and stops when the parent sees the queue drained (a cheap
-    ZCARD poll every --poll seconds). Enqueue and process start-up are not timed.
+The clock: everything is enqueued and the worker processes started, each waiting on stdin; the
+clock starts when they are released and stops when they report the work done on stdout (burr_dist:
+a ``completed`` event hook prints a line per app; arq and RQ in burst mode: their loop returned).
+The parent sends no command while the clock runs: the server's figures are deltas of INFO taken
+just before the release and just after the end (``used_cpu_sys + used_cpu_user``;
+``total_commands_processed``, which counts the commands scripts run as well; commandstats).
+Round trips: burr_dist's transports count them (the worker prints its count at exit), plus the
+BLPOPs on its queue bell (the server's count: they bypass the transports); the peers count
+redis-py's ``send_packed_command`` calls (one per command or pipeline).
+Latencies, from the job records: enqueue -> first step (burr_dist: the job's ``created_at`` (server
+ms) to the ``at`` of the snapshot of sequence 0 (ms); arq/RQ: their enqueue time to the
+``created_at`` Burr's persister wrote for sequence 0; no-op jobs: to the job's start) and
+enqueue -> completion (burr_dist: the job's ``updated_at``; arq/RQ: finish time). In the
+throughput rows every job waits for the release, so an enqueue time counts from the release.
 
-Each system uses its own key prefix / queue names (a random tag), so they do not interfere.
-Without --redis-url (or REDIS_URL) an embedded server is started; on a server given by URL
-nothing is flushed: only keys containing this run's tag are deleted afterwards (RQ's shared
-``rq:clean_groups`` lock is left to expire on its own).
-The last line is ``ratio_vs_rq=... ratio_vs_arq=...`` (burr_dist single-step apps/s with one
-worker process over RQ's and arq's jobs/s).
+burr_dist children run with the test venv's python (--burr-python, default ``.venv/bin/python``),
+the peers with the bench venv's (--peer-python, default ``.venv-bench/bin/python``, made by
+``make bench-env``), so each runs on the redis-py its users get. Without --redis-url (or REDIS_URL)
+an embedded server is started; on a server given by URL nothing is flushed, only keys containing
+this run's tag are deleted afterwards. With --rounds R every row runs R times, interleaved (a burst
+of load from elsewhere hits every row alike), and the fastest run of each is reported.
+
+The last line is ``ratio_vs_rq=... ratio_vs_arq=... same_work_one=... same_work_ten=...
+server_us_per_app=... start_p50_ms=...``: burr_dist one-step sync apps/s over RQ's and arq's
+no-op jobs/s, over arq + Burr's apps/s on the one-step sync app and steps/s on the ten-step sync
+app, burr_dist's Redis CPU per one-step sync app, and its idle p50 enqueue -> first step.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
+import math
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import orjson  # noqa: E402
 import redis  # noqa: E402
 
-from bench.apps import STEPS, anoop, noop  # noqa: E402
+from bench.apps import STEPS  # noqa: E402
+from bench.fleet_measure import Children, Row, ServerDelta, ServerMeter, report  # noqa: E402
 from burr_dist.embedded import EmbeddedServer  # noqa: E402
 
-PHASE_TIMEOUT = 300.0
+PEERS = Path(__file__).resolve().with_name("fleet_peers.py")
 
 
-# -- child processes ----------------------------------------------------------------------------
-def _ready_then_wait() -> None:
-    """Tell the parent we are set up, then block until it says go."""
-    print("ready", flush=True)
-    if sys.stdin.readline().strip() != "go":
-        sys.exit(0)
-
-
+# -- the burr_dist worker process ----------------------------------------------------------------
 def child_burr(args: argparse.Namespace) -> None:
     import logging
 
@@ -62,187 +82,148 @@ def child_burr(args: argparse.Namespace) -> None:
     from burr_dist.worker import Worker
 
     logging.basicConfig(level=logging.WARNING)
+
+    @registry.on("completed")
+    def progress(event: Any) -> None:
+        print("completed", flush=True)
+
     worker = Worker(registry, url=args.url, prefix=args.prefix, concurrency=args.concurrency)
-    _ready_then_wait()
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return
     worker.run_forever()
+    trips = worker.fleet.transport.round_trips + worker.sync_store.transport.round_trips
+    print("json " + json.dumps({"round_trips": trips}), flush=True)
 
 
-def child_rq(args: argparse.Namespace) -> None:
-    from rq import Queue, SimpleWorker
-
-    conn = redis.Redis.from_url(args.url)
-    worker = SimpleWorker(
-        [Queue(args.queue, connection=conn)], connection=conn, name=f"{args.queue}-{os.getpid()}"
-    )
-    _ready_then_wait()
-    worker.work(burst=True, logging_level="WARNING")
-
-
-def child_arq(args: argparse.Namespace) -> None:
-    from arq import Worker, create_pool
-    from arq.connections import RedisSettings
-
-    async def main() -> None:
-        pool = await create_pool(RedisSettings.from_dsn(args.url))
-        worker = Worker(
-            functions=[anoop], redis_pool=pool, queue_name=args.queue, burst=True, max_jobs=args.concurrency,
-            poll_delay=args.arq_poll_delay, handle_signals=False,
-        )  # fmt: skip
-        _ready_then_wait()  # blocking read: nothing else runs on this loop yet
-        await worker.async_run()
-        await worker.close()
-
-    asyncio.run(main())
-
-
-# -- parent -------------------------------------------------------------------------------------
-@dataclass
-class Result:
-    system: str
-    procs: int
-    kind: str
-    apps: int
-    steps: int
-    seconds: float
-
-    @property
-    def apps_s(self) -> float:
-        return self.apps / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def steps_s(self) -> float:
-        return self.steps / self.seconds if self.seconds > 0 else 0.0
-
-
+# -- the runs ------------------------------------------------------------------------------------
 class Bench:
     def __init__(self, args: argparse.Namespace, url: str) -> None:
         self.args = args
         self.url = url
         self.tag = f"fleetbench-{uuid.uuid4().hex[:8]}"
         self.r = redis.Redis.from_url(url)
+        self.meter = ServerMeter(self.r)
         self.logdir = tempfile.mkdtemp(prefix="fleetbench-")
+        self.round = 0  # in key names: every round runs on fresh keys
 
-    def spawn(self, n: int, role: str, *extra: str) -> list[subprocess.Popen[str]]:
-        procs = []
-        for i in range(n):
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", role, "--url", self.url, *extra]
-            with open(os.path.join(self.logdir, f"{role}-{extra[1]}-{i}.log"), "w") as err:
-                procs.append(subprocess.Popen(
-                    cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                    env={**os.environ, "PYTHONPATH": str(ROOT)},
-                ))  # fmt: skip
-        for p in procs:
-            assert p.stdout is not None
-            if p.stdout.readline().strip() != "ready":
-                self.kill(procs)
-                raise RuntimeError(f"{role} worker did not start; see logs in {self.logdir}")
-        return procs
+    def timed(self, kids: Children, word: str, count: int) -> tuple[float, float, ServerDelta]:
+        """Release ``kids``; (wall-clock release time, seconds until ``count`` ``word`` lines, delta)."""
+        kids.wait_for("ready", len(kids.procs))
+        self.meter.begin()
+        released, t0 = time.time(), time.perf_counter()
+        kids.go()
+        kids.wait_for(word, count)
+        elapsed = time.perf_counter() - t0
+        return released, elapsed, self.meter.end()
 
-    @staticmethod
-    def kill(procs: list[subprocess.Popen[str]]) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+    # -- burr_dist ---------------------------------------------------------------------------
+    def burr_children(self, prefix: str, procs: int) -> Children:
+        cmd = [self.args.burr_python, str(Path(__file__).resolve()), "--child", "burr", "--url", self.url,
+               "--prefix", prefix, "--concurrency", str(self.args.concurrency)]  # fmt: skip
+        return Children([cmd] * procs, self.logdir, prefix)
 
-    def timed(self, procs: list[subprocess.Popen[str]], drained: Callable[[], bool], own_exit: bool) -> float:
-        """Release the workers; seconds until ``drained()``. Stops the workers afterwards."""
-        t0 = time.perf_counter()
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        give_up = t0 + PHASE_TIMEOUT
-        try:
-            while not drained():
-                if time.perf_counter() > give_up or (own_exit and all(p.poll() is not None for p in procs)):
-                    if drained():
-                        break
-                    raise RuntimeError(
-                        f"not drained after {time.perf_counter() - t0:.1f}s; logs in {self.logdir}"
-                    )
-                if not own_exit and any(p.poll() is not None for p in procs):
-                    raise RuntimeError(f"a worker exited early; logs in {self.logdir}")
-                time.sleep(self.args.poll)
-            elapsed = time.perf_counter() - t0
-        except BaseException:
-            self.kill(procs)
-            raise
-        for p in procs:
-            if not own_exit and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        return elapsed
-
-    # -- systems ----------------------------------------------------------------------------
-    def burr(self, kind: str, n: int, procs: int) -> Result:
+    def fleet(self, prefix: str) -> Any:
         from burr_dist.connection import connect
-        from burr_dist.queue import DEFAULT_QUEUE, EnqueueRequest, FleetClient
+        from burr_dist.queue import FleetClient
         from burr_dist.store import StoreConfig
 
-        prefix = f"{self.tag}-w{procs}-{kind}"
-        fleet = FleetClient(connect(self.url), StoreConfig(prefix=prefix))
-        reqs = [EnqueueRequest(kind, app_id=f"a{i}") for i in range(n)]
+        return FleetClient(connect(self.url), StoreConfig(prefix=prefix))
+
+    def burr_times(self, fleet: Any, ids: list[str], kind: str, since: float = 0.0) -> list[list[float]]:
+        """Per app (enqueue, first step, done) from the job records; checks each app completed."""
+        from burr_dist.keys import partition_of
+        from burr_dist.transport import Cmd
+
+        out = []
+        for i in range(0, len(ids), 500):
+            cmds = []
+            for app_id in ids[i : i + 500]:
+                k = fleet.keys(partition_of(None), app_id)
+                cmds += [Cmd(k.job, ("HMGET", k.job, "created_at", "updated_at", "status")),
+                         Cmd(k.snaps, ("HGET", k.snaps, "0")), Cmd(k.meta, ("HGET", k.meta, "head"))]  # fmt: skip
+            replies = fleet.commands(cmds)
+            for app_id, j in zip(ids[i : i + 500], range(0, len(replies), 3), strict=True):
+                (created, updated, status), snap, head = replies[j : j + 3]
+                if status != b"completed" or snap is None or int(head) != STEPS[kind] - 1:
+                    raise RuntimeError(f"burr_dist {kind} {app_id}: status {status!r}, head {head!r}")
+                at = orjson.loads(snap)["at"]
+                out.append([max(int(created) / 1000, since), at / 1000, int(updated) / 1000])
+        return out
+
+    def burr(self, kind: str, n: int, procs: int) -> Row:
+        from burr_dist.queue import EnqueueRequest
+
+        prefix = f"{self.tag}-r{self.round}-p{procs}-{kind}"
+        fleet = self.fleet(prefix)
+        ids = [f"a{i}" for i in range(n)]
         for i in range(0, n, 1000):
-            fleet.enqueue_many(reqs[i : i + 1000])
-        stats = fleet.queue_stat_cmds(DEFAULT_QUEUE)
-
-        def drained() -> bool:
-            q = fleet.read_queue_stats(fleet.commands(stats), 0)
-            return q["ready"] + q["scheduled"] + q["active"] == 0
-
-        workers = self.spawn(procs, "burr", "--prefix", prefix, "--concurrency", str(self.args.concurrency))
-        seconds = self.timed(workers, drained, own_exit=False)
-        counts = fleet.overview()["apps"]
-        heads = {fleet.head_sequence(f"a{i}") for i in (0, n - 1)}
+            fleet.enqueue_many([EnqueueRequest(kind, app_id=a) for a in ids[i : i + 1000]])
+        kids = self.burr_children(prefix, procs)
+        released, seconds, server = self.timed(kids, "completed", n)
+        # The transports count every round trip but the idle wait on the queue bell (a BLPOP on the
+        # client itself): the server's count of those is added.
+        trips = (
+            sum(p["round_trips"] for p in kids.finish(stop=True)) + server.cmdstats.get("blpop", (0, 0))[0]
+        )
+        times = self.burr_times(fleet, ids, kind, since=released)
         fleet.client.close()
-        if counts["completed"] != n or heads != {STEPS[kind] - 1}:
-            raise RuntimeError(f"burr_dist {kind} x{n}: statuses {counts}, head sequences {heads}")
-        return Result("burr_dist", procs, f"{STEPS[kind]}-step", n, n * STEPS[kind], seconds)
+        return Row("burr_dist", procs, kind, n, seconds, server, trips, times)
 
-    def rq(self, n: int) -> Result:
-        from rq import Queue
+    def burr_idle(self, n: int) -> Row:
+        prefix = f"{self.tag}-idle"
+        fleet = self.fleet(prefix)
+        kids = self.burr_children(prefix, 1)
+        kids.wait_for("ready", 1)
+        kids.go()
+        fleet.enqueue("one", "warm")
+        kids.wait_for("completed", 1)
+        time.sleep(0.3)  # back to waiting for work
+        ids = [f"i{i}" for i in range(n)]
+        for app_id in ids:
+            fleet.enqueue("one", app_id)
+            time.sleep(self.args.idle_gap)
+        kids.wait_for("completed", n)
+        kids.finish(stop=True)
+        times = self.burr_times(fleet, ids, "one")
+        fleet.client.close()
+        return Row("burr_dist", 1, "one", n, math.nan, ServerDelta(), None, times)
 
-        queue = Queue(f"{self.tag}-rq", connection=self.r)
-        jobs = [Queue.prepare_data(noop, job_id=f"{self.tag}-rq-{i}") for i in range(n)]
-        for i in range(0, n, 1000):
-            queue.enqueue_many(jobs[i : i + 1000])
-        done_keys = (queue.finished_job_registry.key, queue.failed_job_registry.key)
+    # -- peers -------------------------------------------------------------------------------
+    def peer_cmd(self, role: str, system: str, name: str, kind: str, n: int, *extra: str) -> list[str]:
+        return [self.args.peer_python, str(PEERS), role, "--system", system, "--url", self.url,
+                "--queue", name, "--namespace", name, "--kind", kind, "--n", str(n),
+                "--concurrency", str(self.args.concurrency),
+                "--arq-poll-delay", str(self.args.arq_poll_delay), *extra]  # fmt: skip
 
-        def drained() -> bool:
-            pipe = self.r.pipeline(transaction=False)
-            done, failed = pipe.zcard(done_keys[0]).zcard(done_keys[1]).execute()
-            return done + failed >= n
+    def peer(self, system: str, kind: str, n: int) -> Row:
+        name = f"{self.tag}-r{self.round}-{system}-{kind}"
+        kids = Children([self.peer_cmd("worker", system, name, kind, n, "--burst")], self.logdir, name)
+        released, seconds, server = self.timed(kids, "done", 1)
+        (result,) = kids.finish()
+        if result["failed"] or len(result["times"]) != n:
+            raise RuntimeError(
+                f"{system} {kind}: {result['failed']} of {n} jobs failed; logs in {self.logdir}"
+            )
+        times = [[max(t[0], released), t[1], t[2]] for t in result["times"]]
+        label = system if kind == "noop" else f"{system}+burr"
+        return Row(label, 1, kind, n, seconds, server, result["round_trips"], times)
 
-        seconds = self.timed(self.spawn(1, "rq", "--queue", queue.name), drained, own_exit=True)
-        failed = self.r.zcard(done_keys[1])
-        if failed:
-            raise RuntimeError(f"rq: {failed} jobs failed; logs in {self.logdir}")
-        return Result("rq", 1, "no-op job", n, n, seconds)
-
-    def arq(self, n: int) -> Result:
-        from arq import create_pool
-        from arq.connections import RedisSettings
-
-        name = f"{self.tag}-arq"
-
-        async def enqueue() -> None:
-            pool = await create_pool(RedisSettings.from_dsn(self.url))
-            for i in range(0, n, 500):
-                await asyncio.gather(*(pool.enqueue_job("anoop", _job_id=f"{name}-{j}", _queue_name=name)
-                                       for j in range(i, min(i + 500, n))))  # fmt: skip
-            await pool.aclose()
-
-        asyncio.run(enqueue())
-        extra = ("--queue", name, "--concurrency", str(self.args.concurrency),
-                 "--arq-poll-delay", str(self.args.arq_poll_delay))  # fmt: skip
-        seconds = self.timed(self.spawn(1, "arq", *extra), lambda: self.r.zcard(name) == 0, own_exit=True)
-        return Result("arq", 1, "no-op job", n, n, seconds)
+    def peer_idle(self, system: str, n: int) -> Row:
+        name = f"{self.tag}-{system}-idle"
+        worker = Children([self.peer_cmd("worker", system, name, "one", 0)], self.logdir, name)
+        try:
+            worker.wait_for("ready", 1)
+            worker.go()
+            gap = ("--gap", str(self.args.idle_gap))
+            client = Children(
+                [self.peer_cmd("enqueue", system, name, "one", n, *gap)], self.logdir, name + "-c"
+            )
+            client.wait_for("json", 1)
+            (result,) = client.finish()
+        finally:
+            worker.finish(stop=True, expect_json=False)
+        return Row(f"{system}+burr", 1, "one", n, math.nan, ServerDelta(), None, result["times"])
 
     def cleanup(self) -> None:
         """Only this run's keys (every key name contains the tag); nothing else is touched."""
@@ -255,23 +236,76 @@ class Bench:
                 self.r.srem(setkey, *mine)
 
 
+def shown(path: str) -> str:
+    """A path relative to the repository when it is inside it."""
+    return os.path.relpath(path, ROOT) if Path(os.path.abspath(path)).is_relative_to(ROOT) else path
+
+
+def run(bench: Bench, args: argparse.Namespace, peers: list[str]) -> tuple[list[Row], list[Row]]:
+    kinds = [k for k, n in (("one", args.apps), ("ten", args.ten_step_apps)) if n]
+    sizes = {"one": args.apps, "ten": args.ten_step_apps, "one_async": args.apps,
+             "ten_async": args.ten_step_apps, "noop": args.apps}  # fmt: skip
+    every = kinds + [f"{k}_async" for k in kinds]
+    plan: list[Callable[[], Row]] = []
+    if "burr_dist" in args.systems:
+        plan += [partial(bench.burr, k, sizes[k], 1) for k in every]
+    for system in peers:
+        plan += [partial(bench.peer, system, k, sizes[k]) for k in (every if system == "arq" else kinds)]
+    if args.apps:
+        plan += [partial(bench.peer, system, "noop", args.apps) for system in peers]
+    if "burr_dist" in args.systems and args.scale_procs > 1:
+        plan += [partial(bench.burr, k, sizes[k], args.scale_procs) for k in kinds]
+    best: list[Row] = []
+    for n in range(args.rounds):  # interleaved, so a burst of load elsewhere hits every row alike
+        bench.round = n
+        rows = [thunk() for thunk in plan]
+        best = [r if not best or r.seconds < best[i].seconds else best[i] for i, r in enumerate(rows)]
+    idle: list[Row] = []
+    if args.idle_apps:
+        if "burr_dist" in args.systems:
+            idle.append(bench.burr_idle(args.idle_apps))
+        idle += [bench.peer_idle(system, args.idle_apps) for system in peers]
+    return best, idle
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--apps", type=int, default=2000, help="single-step apps, and RQ/arq no-op jobs")
+    ap.add_argument("--apps", type=int, default=2000, help="one-step apps per row, and no-op jobs")
     ap.add_argument("--ten-step-apps", type=int, default=500)
-    ap.add_argument("--concurrency", type=int, default=16, help="burr_dist concurrency; arq max_jobs")
+    ap.add_argument("--concurrency", type=int, default=10, help="burr_dist concurrency; arq max_jobs")
+    ap.add_argument("--idle-apps", type=int, default=100, help="apps of the idle start-latency measurement")
+    ap.add_argument(
+        "--idle-gap", type=float, default=0.02, help="seconds between the idle measurement's apps"
+    )
+    ap.add_argument(
+        "--scale-procs", type=int, default=os.cpu_count() or 1, help="burr_dist processes, scaling rows"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="runs of every row, interleaved; the fastest is kept"
+    )
+    ap.add_argument("--systems", default="burr_dist,arq,rq", help="comma-separated: burr_dist, arq, rq")
     ap.add_argument("--arq-poll-delay", type=float, default=0.01, help="arq's own default is 0.5 s")
-    ap.add_argument("--poll", type=float, default=0.01, help="seconds between drain checks")
+    ap.add_argument("--burr-python", default=str(ROOT / ".venv" / "bin" / "python"))
+    ap.add_argument("--peer-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
     ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
     # child mode (internal)
-    ap.add_argument("--child", choices=("burr", "rq", "arq"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("burr",), help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--prefix", help=argparse.SUPPRESS)
-    ap.add_argument("--queue", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        {"burr": child_burr, "rq": child_rq, "arq": child_arq}[args.child](args)
+        child_burr(args)
         return
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if not os.path.exists(args.burr_python):
+        print(
+            f"burr_dist workers: {args.burr_python} missing, using {sys.executable} (make .venv/.installed)"
+        )
+        args.burr_python = sys.executable
+    peers = [s for s in ("arq", "rq") if s in args.systems]
+    if peers and not os.path.exists(args.peer_python):
+        print(f"peers skipped ({', '.join(peers)}): no {args.peer_python}; create it with `make bench-env`")
+        peers = []
 
     server = None
     url = args.redis_url
@@ -279,20 +313,17 @@ def main() -> None:
         server = EmbeddedServer().start()
         url = server.url
     bench = Bench(args, url)
-    results: list[Result] = []
     try:
-        print(f"server={url} ({'embedded ' + server.kind if server else 'external'}) cpus={os.cpu_count()} "
-              f"concurrency={args.concurrency} arq_poll_delay={args.arq_poll_delay}s")  # fmt: skip
-        print("timing: enqueue everything, start workers idle, then release -> parent sees the queue drained "
-              f"(poll {args.poll * 1000:.0f} ms); enqueue and process start-up excluded")  # fmt: skip
-        for procs in (1, 2):
-            if args.apps:
-                results.append(bench.burr("one", args.apps, procs))
-            if args.ten_step_apps:
-                results.append(bench.burr("ten", args.ten_step_apps, procs))
-        if args.apps:
-            results.append(bench.rq(args.apps))
-            results.append(bench.arq(args.apps))
+        version = bench.r.info("server")["redis_version"]
+        print(f"server={url} ({'embedded ' + server.kind if server else 'external'} {version}) "
+              f"cpus={os.cpu_count()} load={'/'.join(f'{x:.2f}' for x in os.getloadavg())} "
+              f"concurrency={args.concurrency} rounds={args.rounds} arq_poll_delay={args.arq_poll_delay}s "
+              f"burr_python={shown(args.burr_python)} peer_python={shown(args.peer_python) if peers else '-'}")  # fmt: skip
+        print("timing: enqueue, start the workers idle, release -> the workers report the work done; latencies "
+              "in ms from max(enqueue, release); server figures are INFO deltas over the timed phase")  # fmt: skip
+        rows, idle = run(bench, args, peers)
+        import shutil
+
         shutil.rmtree(bench.logdir, ignore_errors=True)  # kept (and named in the error) on failure
     finally:
         if server is None:
@@ -300,21 +331,7 @@ def main() -> None:
         bench.r.close()
         if server is not None:
             server.stop()
-
-    print(f"{'system':10s} {'procs':>5s} {'kind':>10s} {'apps':>6s} {'steps':>6s} {'seconds':>8s} "
-          f"{'apps/s':>8s} {'steps/s':>8s}")  # fmt: skip
-    for r in results:
-        print(f"{r.system:10s} {r.procs:5d} {r.kind:>10s} {r.apps:6d} {r.steps:6d} {r.seconds:8.2f} "
-              f"{r.apps_s:8.0f} {r.steps_s:8.0f}")  # fmt: skip
-
-    def rate(system: str, procs: int = 1, kind: str | None = None) -> float:
-        return next((r.apps_s for r in results if r.system == system and r.procs == procs
-                     and (kind is None or r.kind == kind)), 0.0)  # fmt: skip
-
-    burr1 = rate("burr_dist", 1, "1-step")
-    rq_s, arq_s = rate("rq"), rate("arq")
-    print(f"ratio_vs_rq={burr1 / rq_s if rq_s else float('nan'):.3f} "
-          f"ratio_vs_arq={burr1 / arq_s if arq_s else float('nan'):.3f}")  # fmt: skip
+    report(rows, idle, args)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,6 @@ COVERED: dict[str, str] = {
     "burr-dist ls --status failed": CLI,
     "burr-dist workers": CLI,
     ".venv/bin/python bench/steps.py": BENCH,
-    ".venv-bench/bin/python bench/fleet.py": BENCH,
 }
 
 
@@ -335,8 +334,9 @@ def test_quickstart_and_redis_cli_session(fleet_server: EmbeddedServer, replay: 
 
 # -- the benchmarks, small -------------------------------------------------------------------------
 def test_bench_scripts_run_at_a_small_size(fleet_server: EmbeddedServer) -> None:
-    """bench/steps.py as README runs it, with fewer steps; bench/fleet.py with burr_dist only (RQ
-    and arq live in .venv-bench; `make bench-env` checks that they and bench/fleet.py import)."""
+    """bench/steps.py as README runs it, with fewer steps; bench/fleet.py (what `make bench-fleet`
+    runs) with a few apps per row: the peers (arq, RQ) when .venv-bench exists, else the line
+    that says they were skipped."""
     env = cli_env(fleet_server.url)
     steps = subprocess.run(
         [sys.executable, "bench/steps.py", "--steps", "30", "--rounds", "1"],
@@ -345,12 +345,31 @@ def test_bench_scripts_run_at_a_small_size(fleet_server: EmbeddedServer) -> None
     assert steps.returncode == 0, steps.stderr
     assert steps.stdout.splitlines()[-1].startswith("ratio_vs_burr_redis="), steps.stdout
     fleet = subprocess.run(
-        [sys.executable, "bench/fleet.py", "--apps", "0", "--ten-step-apps", "10", "--concurrency", "4"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [sys.executable, "bench/fleet.py", "--apps", "3", "--ten-step-apps", "2", "--idle-apps", "2",
+         "--idle-gap", "0.005", "--concurrency", "4", "--scale-procs", "2", "--rounds", "1",
+         "--burr-python", sys.executable],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert fleet.returncode == 0, fleet.stderr
-    rows = [line.split() for line in fleet.stdout.splitlines() if line.startswith("burr_dist")]
-    assert [(r[1], r[2], r[3], r[4]) for r in rows] == [
-        ("1", "10-step", "10", "100"),
-        ("2", "10-step", "10", "100"),
-    ]
+    lines = fleet.stdout.splitlines()
+    table = [line.split() for line in lines if len(line.split()) == 17 and line.split()[1].isdigit()]
+    rows = [(r[0], r[1], f"{r[2]} {r[3]}", r[4], r[5]) for r in table]
+    burr = [("burr_dist", "1", "1-step sync", "3", "3"), ("burr_dist", "1", "10-step sync", "2", "20"),
+            ("burr_dist", "1", "1-step async", "3", "3"), ("burr_dist", "1", "10-step async", "2", "20")]  # fmt: skip
+    scaling = [("burr_dist", "2", "1-step sync", "3", "3"), ("burr_dist", "2", "10-step sync", "2", "20")]
+    idle = [line.split()[0] for line in lines if len(line.split()) == 5 and line.split()[0] != "system"]
+    if (ROOT / ".venv-bench" / "bin" / "python").exists():
+        peers = [("arq+burr", "1", r[2], r[3], r[4]) for r in burr] + [
+            ("rq+burr", "1", "1-step sync", "3", "3"), ("rq+burr", "1", "10-step sync", "2", "20"),
+            ("arq", "1", "no-op job", "3", "3"), ("rq", "1", "no-op job", "3", "3"),
+        ]  # fmt: skip
+        assert rows == burr + peers + scaling, fleet.stdout
+        assert idle == ["burr_dist", "arq+burr", "rq+burr"], fleet.stdout
+    else:
+        assert any(line.startswith("peers skipped (arq, rq)") for line in lines), fleet.stdout
+        assert rows == burr + scaling, fleet.stdout
+        assert idle == ["burr_dist"], fleet.stdout
+    last = dict(kv.split("=") for kv in lines[-1].split())
+    assert list(last) == ["ratio_vs_rq", "ratio_vs_arq", "same_work_one", "same_work_ten",
+                          "server_us_per_app", "start_p50_ms"], lines[-1]  # fmt: skip
+    assert float(last["server_us_per_app"]) > 0 and float(last["start_p50_ms"]) >= 0, lines[-1]
