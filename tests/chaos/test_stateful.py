@@ -400,7 +400,7 @@ class FencedStoreMachine(RuleBasedStateMachine):
             return
         call = core.commit_call(m.pk, m.app_id, seq, f"step-{seq}", State(state), status)
         assert call is not None
-        seq_arg, _, position, status_arg, wid, _, token, _ = call.args
+        seq_arg, _, position, status_arg, wid, _, token, _ = call.args[:8]
         assert (seq_arg, position, status_arg, token) == (seq, f"step-{seq}", status, h.token)
         assert isinstance(wid, str)
         self.pending.append(Pending(w, a, seq, wid, h.token, Snap(state, f"step-{seq}", status, wid)))
