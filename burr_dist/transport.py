@@ -109,10 +109,13 @@ class BatchCore:
         tail = replies[n:]
         if tail and not missing:
             wait = tail[-1]
-            if isinstance(wait, BaseException):
-                if not is_transient(wait):
-                    raise wait
-                self.error = wait
+            failed = next((r for r in tail if isinstance(r, BaseException)), None)
+            if failed is not None:
+                # The INCR or the WAIT was refused (MOVED, a node that became a replica...): the
+                # batch is unconfirmed, even where WAIT counted replicas for earlier writes.
+                if not is_transient(failed):
+                    raise failed
+                self.error = failed
                 self.pending.update(idx)  # unconfirmed: send again (each command is idempotent)
             elif int(wait) < self.durability.replicas:
                 raise NotDurable(
