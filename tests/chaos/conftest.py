@@ -23,15 +23,23 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     tr = terminalreporter
     tr.section(f"chaos results (CHAOS_SIZE={'large' if LARGE else 'small'})")
-    head = f"{'scenario':<34} {'apps':>5} {'steps':>6} {'faults':>6} {'anomalies':>9} {'recovery':>9} {'time':>6}  note"
+    head = (
+        f"{'scenario':<34} {'apps':>5} {'steps':>6} {'faults':>6} {'anomalies':>9} {'lost':>5} "
+        f"{'recovery':>9} {'time':>6}  note"
+    )
     tr.write_line(head)
     tr.write_line("-" * len(head))
     for r in RESULTS:
         rec = "-" if r.recovery_max is None else f"{r.recovery_max:.2f}s"
+        lost = "-" if r.lost is None else str(r.lost)
         tr.write_line(
-            f"{r.scenario:<34} {r.apps:>5} {r.steps:>6} {r.faults:>6} {r.anomalies:>9} {rec:>9} "
+            f"{r.scenario:<34} {r.apps:>5} {r.steps:>6} {r.faults:>6} {r.anomalies:>9} {lost:>5} {rec:>9} "
             f"{r.seconds:>5.1f}s  {r.note}"
         )
     tr.write_line(
         f"recovery: longest wait of an app held by a killed or paused worker; bound {RECOVERY_BOUND:.1f} s"
+    )
+    tr.write_line(
+        "failover rows: lost = acknowledged commits the store no longer holds; recovery = longest time an "
+        "app in flight at a Redis fault waited for its next commit"
     )
