@@ -3,6 +3,7 @@ table of results printed at the end of the session (``make chaos``)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -10,6 +11,19 @@ import pytest
 from burr_dist.embedded import EmbeddedServer, find_server_binary
 from tests.chaos.harness import LARGE, RECOVERY_BOUND, RESULTS
 from tests.conftest import KINDS
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Scenarios marked ``ha_long`` (failovers that take longer than ``make test`` can afford) run
+    only when asked for: ``-m`` naming ``ha`` (make test-ha) or ``CHAOS_SIZE=large`` (make chaos)."""
+    if LARGE or "ha" in re.findall(r"\w+", config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(
+        reason="long failover scenario: run with -m ha (make test-ha) or CHAOS_SIZE=large"
+    )
+    for item in items:
+        if item.get_closest_marker("ha_long") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture

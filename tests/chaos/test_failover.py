@@ -16,6 +16,7 @@ finished) waited for its next ok commit.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +27,7 @@ import pytest
 
 from burr_dist.chaos.history import Event, FinalState, Op, load_history, operations
 from burr_dist.cli import EXIT_STORE_REWOUND
-from burr_dist.embedded import find_server_binary
+from burr_dist.embedded import EmbeddedServer, find_server_binary
 from burr_dist.topology_servers import EmbeddedCluster, EmbeddedSentinel
 from burr_dist.transport import slot_of
 from tests.chaos.harness import LARGE, TIMEOUT, ChaosRun, Report, size, spread
@@ -62,27 +63,38 @@ def lost_acked(events: Iterable[Event], finals: dict[str, FinalState]) -> list[O
     return lost
 
 
-def stall(events: Iterable[Event], fault_ns: int, last_seq: int) -> float | None:
-    """The longest time an app in flight at ``fault_ns`` (an ok commit before it, its last step
-    not yet committed) waited for its next ok commit sent after the fault; None if one never got
-    it."""
-    before: dict[str, int] = {}
-    after: dict[str, int] = {}
+def stall(events: Iterable[Event], start_ns: int, end_ns: int, last_seq: int) -> float | None:
+    """The longest time one app went without an ok commit, over the gaps between two of its ok
+    commits that overlap the fault (``start_ns`` to ``end_ns``: from the injection until, e.g., the
+    new master is announced; some faults hurt only later, such as a new master without a replica).
+    None if an app unfinished at the fault never committed again."""
+    done: dict[str, list[int]] = {}
+    finished: set[str] = set()
     for o in operations(events):
-        if o.op != "commit" or o.outcome != "ok" or o.new_seq is None or o.complete_ns is None:
-            continue
-        if o.complete_ns < fault_ns:
-            before[o.app] = max(before.get(o.app, -1), o.new_seq)
-        elif o.invoke_ns > fault_ns and o.app not in after:
-            after[o.app] = o.complete_ns
-    waits = []
-    for app, seq in before.items():
-        if seq >= last_seq:
-            continue  # finished before the fault
-        if app not in after:
+        if o.op == "commit" and o.outcome == "ok" and o.new_seq is not None and o.complete_ns is not None:
+            done.setdefault(o.app, []).append(o.complete_ns)
+            if o.new_seq >= last_seq:
+                finished.add(o.app)
+    longest = 0.0
+    for app, times in done.items():
+        times.sort()
+        for prev, nxt in itertools.pairwise(times):
+            if prev < end_ns and nxt > start_ns:
+                longest = max(longest, (nxt - prev) / 1e9)
+        if times[-1] < end_ns and app not in finished:
             return None
-        waits.append((after[app] - fault_ns) / 1e9)
-    return max(waits, default=0.0)
+    return longest
+
+
+def cut_off(master: EmbeddedServer, replica: EmbeddedServer) -> None:
+    """SIGSTOP ``replica`` and close its link on the master's side: from now on it misses every
+    write. (Stopped but still linked, it would read what the kernel buffered for it once resumed,
+    even from a master killed in between, and miss nothing.)"""
+    with replica.client() as c:
+        (link,) = [x["laddr"] for x in c.client_list() if "M" in x["flags"]]
+    replica.signal(signal.SIGSTOP)
+    with master.client() as c:
+        c.execute_command("CLIENT", "KILL", "ADDR", link)
 
 
 @dataclass
@@ -112,11 +124,14 @@ def failover_run(
         run.launch()
         done = 0
         next_at = time.monotonic() + first
+        spans: list[tuple[int, int]] = []
         while done < faults and not run.done():
             time.sleep(max(0.0, next_at - time.monotonic()))
             if run.done():
                 break
+            began = time.monotonic_ns()
             inject(run)
+            spans.append((began, time.monotonic_ns()))
             done += 1
             next_at = time.monotonic() + every
         give_up = time.monotonic() + TIMEOUT
@@ -134,8 +149,7 @@ def failover_run(
         report = run.finish(note=note.format(faults=done))
     events = load_history(run.history_dir)
     lost = lost_acked(events, report.finals)
-    redis_faults = [o.invoke_ns for o in operations(events) if o.op == "fault" and not o.target]
-    stalls = [stall(events, t, run.steps) for t in redis_faults[:done]]
+    stalls = [stall(events, began, ended, run.steps) for began, ended in spans]
     report.row.lost = len(lost)
     report.row.recovery_max = (
         None if None in stalls or not stalls else max(s for s in stalls if s is not None)
@@ -168,15 +182,22 @@ def assert_loss_flagged(out: Outcome) -> None:
     assert not out.report.unfinished, f"apps not completed after the restart: {out.report.unfinished}"
 
 
+def new_run(name: str, endpoint: Endpoint, tmp: Path, steps: int = 15) -> ChaosRun:
+    """20 apps (200 large) of ``steps`` ticks (25 large), a tick every 0.1 s, arrivals spread over
+    5 s (14 s large): the faults land mid-run."""
+    apps, steps = size((20, steps))
+    return ChaosRun(name, endpoint, tmp, apps=apps, steps=steps, delay=0.1, stagger=spread(0.7, 2.0))
+
+
 # -- Sentinel ------------------------------------------------------------------------------------
 def sentinel_servers(replicas: int) -> EmbeddedSentinel:
     return EmbeddedSentinel(find_server_binary(KINDS[0]), replicas=replicas)
 
 
+@pytest.mark.ha_long
 def test_sentinel_master_sigkill(tmp_path: Path) -> None:
     """The master SIGKILLed mid-run; a replica is promoted, the other follows it, the old master
     comes back as a replica. redis-py's Sentinel client must find the new master."""
-    apps, steps = size((20, 10))
     kills = 3 if LARGE else 1
     with sentinel_servers(replicas=2) as s:
 
@@ -186,14 +207,12 @@ def test_sentinel_master_sigkill(tmp_path: Path) -> None:
             s.wait_new_master(old, timeout=30)
             s.restart(old)  # as a replica of the new master, in sync
 
-        run = ChaosRun(
-            "sentinel master SIGKILL, wait 1", with_wait(s.url, 1), tmp_path,
-            apps=apps, steps=steps, delay=0.1, stagger=spread(0.5, 2.0),
-        )  # fmt: skip
+        run = new_run("sentinel master SIGKILL, wait 1", with_wait(s.url, 1), tmp_path)
         out = failover_run(run, kill, faults=kills, first=2.0, every=4.0, note="{faults} kills, 2 replicas")
     assert_nothing_lost(out, kills)
 
 
+@pytest.mark.ha_long
 @pytest.mark.parametrize(
     ("replicas", "wait"),
     [(1, 1), (2, 2), (2, 1)],
@@ -206,7 +225,6 @@ def test_sentinel_forced_failover(tmp_path: Path, replicas: int, wait: int) -> N
     master, those replicas still follow the old one, so a WAIT that counts fewer than all replicas
     confirms writes that the failover then discards: with 2 replicas and wait 1 acknowledged
     commits are lost (the suite must flag each one); with wait counting every replica, none."""
-    apps, steps = size((20, 10))
     times = 2 if LARGE else 1
     with sentinel_servers(replicas) as s:
 
@@ -215,10 +233,7 @@ def test_sentinel_forced_failover(tmp_path: Path, replicas: int, wait: int) -> N
             old = s.force_failover()
             s.wait_new_master(old, timeout=30)
 
-        run = ChaosRun(
-            f"sentinel failover, {replicas} repl., wait {wait}", with_wait(s.url, wait), tmp_path,
-            apps=apps, steps=steps, delay=0.1, stagger=spread(0.5, 2.0),
-        )  # fmt: skip
+        run = new_run(f"sentinel failover, {replicas} repl., wait {wait}", with_wait(s.url, wait), tmp_path)
         out = failover_run(
             run, failover, faults=times, first=2.0, every=15.0, note="{faults} x SENTINEL FAILOVER",
             after_rewind=3 if wait < replicas else 0,
@@ -233,15 +248,14 @@ def test_sentinel_lagging_replica_not_promoted(tmp_path: Path) -> None:
     """Two replicas, one SIGSTOPped (it misses writes; WAIT 1 counts the other); the master dies
     while it is stopped, and it resumes before the sentinels elect: they must promote the replica
     that has every acknowledged write, and the lagging one catches up from it."""
-    apps, steps = size((20, 10))
     with sentinel_servers(replicas=2) as s:
         promoted: list[int] = []
 
         def lag_then_kill(run: ChaosRun) -> None:
             master = s.master()
             lagging = next(r for r in s.data_servers if r is not master and r.alive)
-            run.fault("replica sigstop")
-            lagging.signal(signal.SIGSTOP)
+            run.fault("replica sigstop, its link cut")
+            cut_off(master, lagging)
             time.sleep(1.5)
             run.fault("master sigkill while a replica is stopped")
             master.kill()
@@ -252,10 +266,7 @@ def test_sentinel_lagging_replica_not_promoted(tmp_path: Path) -> None:
             assert new is not lagging, "the sentinels promoted the replica that missed writes"
             s.restart(master)
 
-        run = ChaosRun(
-            "sentinel lagging replica, wait 1", with_wait(s.url, 1), tmp_path,
-            apps=apps, steps=steps, delay=0.1, stagger=spread(0.5, 2.0),
-        )  # fmt: skip
+        run = new_run("sentinel lagging replica, wait 1", with_wait(s.url, 1), tmp_path)
         out = failover_run(
             run, lag_then_kill, faults=1, first=1.5, every=0, note="stopped 1.5s, then master killed"
         )
@@ -267,14 +278,13 @@ def test_sentinel_lagging_replica_promoted_wait_0(tmp_path: Path) -> None:
     SIGKILLed, the replica resumed and promoted with the writes it missed: acknowledged commits
     are lost. The workers must stop on it (StoreRewound: the store epoch went back) and the checker
     must flag every app that lost a commit; fresh workers then finish the apps from what is left."""
-    apps, steps = size((20, 10))
     with sentinel_servers(replicas=1) as s:
 
         def lag_then_kill(run: ChaosRun) -> None:
             master = s.master()
             (lagging,) = (r for r in s.data_servers if r is not master)
-            run.fault("replica sigstop")
-            lagging.signal(signal.SIGSTOP)
+            run.fault("replica sigstop, its link cut")
+            cut_off(master, lagging)
             time.sleep(1.5)
             run.fault("master sigkill while its replica is stopped")
             master.kill()
@@ -282,10 +292,7 @@ def test_sentinel_lagging_replica_promoted_wait_0(tmp_path: Path) -> None:
             lagging.signal(signal.SIGCONT)
             assert s.wait_new_master(master, timeout=30) is lagging
 
-        run = ChaosRun(
-            "sentinel lagging replica, wait 0", Endpoint(s.url), tmp_path,
-            apps=apps, steps=steps, delay=0.1, stagger=spread(0.5, 2.0),
-        )  # fmt: skip
+        run = new_run("sentinel lagging replica, wait 0", Endpoint(s.url), tmp_path)
         out = failover_run(
             run, lag_then_kill, faults=1, first=1.5, every=0, note="replica stopped 1.5s; workers exit 7, restarted",
             after_rewind=3,
@@ -301,7 +308,6 @@ def cluster_servers() -> EmbeddedCluster:
 def test_cluster_master_sigkill(tmp_path: Path) -> None:
     """A master SIGKILLed under load; its replica is promoted (its slots are unavailable until
     then, and WAIT 1 cannot succeed on them until the old master rejoins as a replica)."""
-    apps, steps = size((20, 10))
     kills = 3 if LARGE else 1
     with cluster_servers() as c:
 
@@ -314,14 +320,22 @@ def test_cluster_master_sigkill(tmp_path: Path) -> None:
             c.restart(victim)  # back as the replica of the promoted one
 
         done = [0]
-        run = ChaosRun(
-            "cluster master SIGKILL, wait 1", with_wait(c.url, 1), tmp_path,
-            apps=apps, steps=steps, delay=0.1, stagger=spread(0.5, 2.0),
-        )  # fmt: skip
+        run = new_run("cluster master SIGKILL, wait 1", with_wait(c.url, 1), tmp_path)
         out = failover_run(
             run, kill, faults=kills, first=2.0, every=4.0, note="{faults} kills, 1 replica each"
         )
     assert_nothing_lost(out, kills)
+
+
+def errorstats(c: EmbeddedCluster, kinds: Iterable[str]) -> dict[str, int]:
+    """Error replies of each kind the cluster's nodes sent (INFO errorstats), summed."""
+    out = dict.fromkeys(kinds, 0)
+    for node in c.reachable():
+        with node.client() as client:
+            stats = client.info("errorstats")
+        for kind in out:
+            out[kind] += int(stats.get(f"errorstat_{kind}", {}).get("count", 0))
+    return out
 
 
 def busiest_slots(run: ChaosRun, count: int) -> list[int]:
@@ -337,27 +351,25 @@ def test_cluster_slot_migration(tmp_path: Path) -> None:
     """Slots holding apps (and one shard of the queue) migrated to another master, a few keys per
     MIGRATE with pauses in between, so commands meet ASK and TRYAGAIN for a while, as the fleet
     runs."""
-    apps, steps = size((20, 10))
     moves = 6 if LARGE else 3
     with cluster_servers() as c:
         moved: list[int] = []
 
         def migrate(run: ChaosRun) -> None:
-            slots = busiest_slots(run, moves - 1) + [
-                slot_of(run.fleet.schema.queue_shard("default", 0).ready)
-            ]
+            queue_slot = slot_of(run.fleet.schema.queue_shard("default", 0).ready)
+            slots = [*busiest_slots(run, moves - 1), queue_slot]
             slot = slots[len(moved)]
             src = c.owner(slot)
             dst = next(n for n in c.primaries() if n is not src)
             run.fault(f"migrate slot {slot}")
-            moved.append(c.migrate_slot(slot, src, dst, batch=2, between_batches=lambda _n: time.sleep(0.3)))
+            moved.append(c.migrate_slot(slot, src, dst, batch=2, between_batches=lambda _n: time.sleep(0.5)))
 
-        run = ChaosRun(
-            "cluster slot migration, wait 1", with_wait(c.url, 1), tmp_path,
-            apps=apps, steps=steps, delay=0.1, stagger=spread(0.5, 2.0),
-        )  # fmt: skip
+        run = new_run("cluster slot migration, wait 1", with_wait(c.url, 1), tmp_path, steps=20)
         out = failover_run(
             run, migrate, faults=moves, first=1.0, every=0.5, note="{faults} slots moved, 2 keys a batch"
         )
+        redirects = errorstats(c, ("ASK", "TRYAGAIN", "MOVED"))
+    out.report.row.note += ", " + ", ".join(f"{n} {k}" for k, n in redirects.items())
     assert_nothing_lost(out, moves)
     assert sum(moved) > 0
+    assert redirects["ASK"] > 0, f"no command met a migration in progress: {redirects}"
