@@ -330,10 +330,20 @@ class Worker:
         return None
 
     # -- one claim -----------------------------------------------------------------------
-    async def _ack(self, queue: str, member: str, status: str | None, run_at_ms: int | None) -> None:
-        """Queue side of a settle: drop the active entry; re-add to ready if it runs again."""
-        again = run_at_ms if status == "queued" else None
-        await self.fleet.run(self.fleet.ack_call(queue, member, again))
+    async def _ack(
+        self, queue: str, member: str, status: str | None, run_at_ms: int | None, *, after_ms: int = 0
+    ) -> None:
+        """Queue side of a settle: drop the active entry; re-add to ready if it runs again
+        (``after_ms`` from now on the server's clock, when ``run_at_ms`` is None). If Redis cannot
+        take it (a failover, NotDurable), the active entry stays until its deadline and the sweep
+        puts it back in ready, where the next claim reads the record and does what was asked."""
+        try:
+            if status == "queued" and run_at_ms is None:
+                run_at_ms = await self.fleet.server_time_ms() + after_ms
+            again = run_at_ms if status == "queued" else None
+            await self.fleet.run(self.fleet.ack_call(queue, member, again))
+        except Exception as e:
+            log.warning("queue ack of %s failed (the sweep requeues it): %s", member, e)
 
     async def _emit(
         self, kind: str, spec_name: str, lease: AsyncLease, app: Application | None, error: str | None = None
@@ -358,8 +368,7 @@ class Worker:
         except LeaseNotHeld as e:
             self._complete(op, "failed")
             # Someone still holds it (a slow worker): try again once its lease would have expired.
-            now_ms = await self.fleet.server_time_ms()
-            await self._ack(queue, member, "queued", now_ms + max(e.pttl_ms, 100))
+            await self._ack(queue, member, "queued", None, after_ms=max(e.pttl_ms, 100))
             return
         except Exception:
             self._complete(op, "unknown")
