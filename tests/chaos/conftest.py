@@ -54,6 +54,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"recovery: longest wait of an app held by a killed or paused worker; bound {RECOVERY_BOUND:.1f} s"
     )
     tr.write_line(
-        "failover rows: lost = acknowledged commits the store no longer holds; recovery = longest time an "
-        "app in flight at a Redis fault waited for its next commit"
+        "failover rows (test_failover.py): lost = acknowledged commits the store no longer holds; "
+        "recovery = longest time one app went without a commit or settle across a Redis fault"
     )
