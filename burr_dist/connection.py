@@ -44,7 +44,10 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     redis.exceptions.SlotNotCoveredError,  # a failover in progress: the slot map is being rebuilt
 )
 # Error replies without their own class in redis-py that mean "not now", never "never".
-_TRANSIENT_REPLIES = ("NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "READONLY")
+_TRANSIENT_REPLIES = (
+    "NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "READONLY",
+    "WAIT cannot be used with replica",  # WAIT reached a node that is a replica now: the master moved
+)  # fmt: skip
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -216,7 +216,12 @@ class ClaimRunner:
         cmds = [ack.cmd()]
         if settled == "completed" and self.config.finished_ttl:
             cmds += self.fleet.expire_cmds(lease.partition_key, lease.app_id, None)
-        await self.fleet.commands(cmds, durable=True)
+        try:
+            await self.fleet.commands(cmds, durable=True)
+        except Exception as e:  # settled: the entry expires, the sweep requeues it, the claim drops it
+            log.warning(
+                "queue ack of %s failed after its settle (the sweep requeues it): %s", claim.member, e
+            )
         return settled, run_at
 
     async def _run_claim(self, lease: AsyncLease, name: str) -> tuple[str, int | None]:

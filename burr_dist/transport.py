@@ -10,9 +10,14 @@ client wrote earlier that a script only read (an acquire that returns a head, a 
 that finds its own write). A WAIT that counts fewer replicas raises :class:`NotDurable`.
 
 Errors: NOSCRIPT (a restarted or failed-over node) loads the script and re-sends just the
-commands that hit it; MOVED/ASK/TRYAGAIN/CLUSTERDOWN, READONLY, NOREPLICAS, LOADING and lost
-connections are transient: the topology is refreshed and the unresolved commands are sent again,
-within the :class:`~burr_dist.connection.RetryPolicy`. Every command burr_dist sends through here
+commands that hit it. ASK (the slot is migrating and the keys already left) re-sends the command
+at once to the node named, after ``ASKING``; the write WAIT confirms there is a fresh key that
+expires (``SET <prefix>:{tag}:sync:<random> PX``), not the slot's sync key: creating that one on
+the target while the source still holds its own would make the migration's next MIGRATE fail
+with BUSYKEY.
+MOVED/TRYAGAIN/CLUSTERDOWN, READONLY, NOREPLICAS, LOADING and lost connections are transient:
+the topology is refreshed and the unresolved commands are sent again, within the
+:class:`~burr_dist.connection.RetryPolicy`. Every command burr_dist sends through here
 is safe to send twice (scripts recognise their own earlier effect; see each script's header).
 
 The logic is sans-IO (:class:`BatchCore`); :class:`Transport` and :class:`AsyncTransport` only
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -71,12 +77,19 @@ class Durability:
     timeout_ms: int = 1000
     prefix: str = "burr"
 
-    def tail(self, cmds: Sequence[Cmd]) -> list[tuple[Any, ...]]:
+    def tail(self, cmds: Sequence[Cmd], asking: bool = False) -> list[tuple[Any, ...]]:
         """The commands that confirm a node's part of a batch (none when not asked to)."""
         if self.replicas <= 0 or not cmds:
             return []
         sync_key = f"{self.prefix}:{{{hash_tag(cmds[0].key)}}}:sync"
-        return [("INCR", sync_key), ("WAIT", self.replicas, self.timeout_ms)]
+        wait = ("WAIT", self.replicas, self.timeout_ms)
+        if asking:  # see the module's docstring
+            return [("ASKING",), ("SET", f"{sync_key}:{os.urandom(8).hex()}", "1", "PX", 10_000), wait]
+        return [("INCR", sync_key), wait]
+
+
+# How many times in a row one batch follows ASK redirections without a backoff.
+ASK_HOPS = 5
 
 
 class BatchCore:
@@ -88,34 +101,58 @@ class BatchCore:
         self.replies: list[Any] = [None] * len(cmds)
         self.pending = set(range(len(cmds)))
         self.error: BaseException | None = None  # the last transient error, for the final message
+        self.asked: dict[int, tuple[str, int]] = {}  # command -> the node an ASK sent it to
+        self.only_asked = False  # this round's only setbacks were ASKs: re-send without a backoff
 
-    def packed(self, idx: Sequence[int]) -> list[tuple[Any, ...]]:
+    def packed(self, idx: Sequence[int], asking: bool = False) -> list[tuple[Any, ...]]:
         part = [self.cmds[i] for i in idx]
-        return [c.args for c in part] + self.durability.tail(part)
+        args = [c.args for c in part]
+        if asking:  # ASKING covers the next command only
+            args = [a for cmd in args for a in (("ASKING",), cmd)]
+        return args + self.durability.tail(part, asking)
+
+    @staticmethod
+    def unpack(idx: Sequence[int], replies: Sequence[Any], asking: bool) -> Sequence[Any]:
+        """The replies of ``packed(idx, asking)`` without those to ASKING."""
+        if not asking:
+            return replies
+        n = 2 * len(idx)
+        return [*replies[1:n:2], *replies[n:]]
 
     def take(self, idx: Sequence[int], replies: Sequence[Any], node: str) -> list[LuaScript]:
         """Record a node's replies. Returns scripts to load before re-sending (NOSCRIPT)."""
         n = len(idx)
         missing: dict[str, LuaScript] = {}
+        resolved = False
         for i, reply in zip(idx, replies[:n], strict=True):
             if isinstance(reply, redis.exceptions.NoScriptError) and self.cmds[i].script is not None:
                 script = self.cmds[i].script
                 assert script is not None
                 missing[script.sha] = script
-            elif isinstance(reply, BaseException) and is_transient(reply):
+            elif isinstance(reply, redis.exceptions.AskError):
+                self.asked[i] = (reply.host, reply.port)
                 self.error = reply
+            elif isinstance(reply, BaseException) and is_transient(reply):
+                if isinstance(reply, redis.exceptions.MovedError):
+                    self.asked.pop(i, None)  # the migration is over: follow the slot map
+                self.error = reply
+                self.only_asked = False
             elif isinstance(reply, BaseException):
                 raise reply
             else:
                 self.replies[i] = reply
                 self.pending.discard(i)
+                resolved = True
         tail = replies[n:]
-        if tail and not missing:
+        if tail and not missing and resolved:
             wait = tail[-1]
-            if isinstance(wait, BaseException):
-                if not is_transient(wait):
-                    raise wait
-                self.error = wait
+            failed = next((r for r in tail if isinstance(r, BaseException)), None)
+            if failed is not None:
+                # The INCR or the WAIT was refused (MOVED, a node that became a replica...): the
+                # batch is unconfirmed, even where WAIT counted replicas for earlier writes.
+                if not is_transient(failed):
+                    raise failed
+                self.error = failed
                 self.pending.update(idx)  # unconfirmed: send again (each command is idempotent)
             elif int(wait) < self.durability.replicas:
                 raise NotDurable(
@@ -168,6 +205,16 @@ class Transport:
         node = self.client.get_node_from_key(key)
         return node.name, node.redis_connection.connection_pool
 
+    def _pool_at(self, host: str, port: int) -> tuple[str, Any]:
+        """The node an ASK named (the client may not know it yet)."""
+        node = self.client.get_node(host=host, port=port)
+        if node is None or node.redis_connection is None:
+            self.refresh()
+            node = self.client.get_node(host=host, port=port)
+        if node is None or node.redis_connection is None:
+            raise redis.ConnectionError(f"ASK redirection to {host}:{port}, a node the cluster does not list")
+        return node.name, node.redis_connection.connection_pool
+
     def refresh(self) -> None:
         if self.cluster:
             try:
@@ -182,21 +229,30 @@ class Transport:
         NotDurable when WAIT falls short, RedisUnavailable when retries run out."""
         batch = BatchCore(cmds, self.durability, durable)
         retry = _Retry(self.policy)
+        hops = 0
         while batch.pending:
             if before_try is not None:
                 before_try()  # e.g. a lease check: a lost lease stops the retries
+            batch.only_asked = True
             try:
-                groups: dict[str, tuple[Any, list[int]]] = {}
+                groups: dict[tuple[str, bool], tuple[Any, list[int]]] = {}
                 for i in sorted(batch.pending):
-                    name, pool = self._pool(batch.cmds[i].key)
-                    groups.setdefault(name, (pool, []))[1].append(i)
-                for name, (pool, idx) in groups.items():
-                    self._send(batch, pool, idx, name)
+                    asked = batch.asked.get(i) if self.cluster else None
+                    name, pool = self._pool(batch.cmds[i].key) if asked is None else self._pool_at(*asked)
+                    groups.setdefault((name, asked is not None), (pool, []))[1].append(i)
+                for (name, asking), (pool, idx) in groups.items():
+                    self._send(batch, pool, idx, name, asking)
             except BaseException as e:
                 if not is_transient(e):
                     raise
                 batch.error = e
+                batch.asked.clear()  # e.g. the node an ASK named is gone: back to the slot map
+                batch.only_asked = False
             if batch.pending:
+                if batch.only_asked and hops < ASK_HOPS:
+                    hops += 1
+                    continue  # follow the ASK now
+                hops = 0
                 wait = retry.next_wait()
                 if wait is None:
                     raise _unavailable(batch, batch.error)
@@ -204,13 +260,13 @@ class Transport:
                 self.refresh()
         return batch.replies
 
-    def _send(self, batch: BatchCore, pool: Any, idx: list[int], node: str) -> None:
+    def _send(self, batch: BatchCore, pool: Any, idx: list[int], node: str, asking: bool = False) -> None:
         conn = pool.get_connection()
         try:
             for _ in range(3):  # NOSCRIPT rounds: load, then send the same commands again
                 self.round_trips += 1
-                replies = _roundtrip(conn, batch.packed(idx))
-                missing = batch.take(idx, replies, node)
+                raw = _roundtrip(conn, batch.packed(idx, asking))
+                missing = batch.take(idx, batch.unpack(idx, raw, asking), node)
                 if not missing:
                     return
                 for script in missing:
@@ -283,6 +339,15 @@ class AsyncTransport:
             )
         return node.name, pool
 
+    async def _pool_at(self, host: str, port: int) -> tuple[str, Any]:
+        node = self.client.get_node(host=host, port=port)
+        if node is None:
+            await self.refresh()
+            node = self.client.get_node(host=host, port=port)
+        if node is None:
+            raise redis.ConnectionError(f"ASK redirection to {host}:{port}, a node the cluster does not list")
+        return await self._pool_for_node(node)
+
     async def refresh(self) -> None:
         if self.cluster:
             try:
@@ -295,20 +360,28 @@ class AsyncTransport:
     ) -> list[Any]:
         batch = BatchCore(cmds, self.durability, durable)
         retry = _Retry(self.policy)
+        hops = 0
         while batch.pending:
             if before_try is not None:
                 before_try()  # e.g. a lease check: a lost lease stops the retries
+            batch.only_asked = True
             try:
-                groups: dict[str, tuple[Any, list[int]]] = {}
+                groups: dict[tuple[str, bool], tuple[Any, list[int]]] = {}
                 for i in sorted(batch.pending):
-                    name, pool = await self._pool(batch.cmds[i].key)
-                    groups.setdefault(name, (pool, []))[1].append(i)
+                    asked = batch.asked.get(i) if self.cluster else None
+                    name, pool = await (
+                        self._pool(batch.cmds[i].key) if asked is None else self._pool_at(*asked)
+                    )
+                    groups.setdefault((name, asked is not None), (pool, []))[1].append(i)
                 if len(groups) == 1:
-                    ((name, (pool, idx)),) = groups.items()
-                    await self._send(batch, pool, idx, name)
+                    (((name, asking), (pool, idx)),) = groups.items()
+                    await self._send(batch, pool, idx, name, asking)
                 else:
                     results = await asyncio.gather(
-                        *(self._send(batch, p, idx, name) for name, (p, idx) in groups.items()),
+                        *(
+                            self._send(batch, p, idx, name, asking)
+                            for (name, asking), (p, idx) in groups.items()
+                        ),
                         return_exceptions=True,
                     )
                     for r in results:
@@ -318,7 +391,13 @@ class AsyncTransport:
                 if not is_transient(e):
                     raise
                 batch.error = e
+                batch.asked.clear()
+                batch.only_asked = False
             if batch.pending:
+                if batch.only_asked and hops < ASK_HOPS:
+                    hops += 1
+                    continue
+                hops = 0
                 wait = retry.next_wait()
                 if wait is None:
                     raise _unavailable(batch, batch.error)
@@ -326,13 +405,15 @@ class AsyncTransport:
                 await self.refresh()
         return batch.replies
 
-    async def _send(self, batch: BatchCore, pool: Any, idx: list[int], node: str) -> None:
+    async def _send(
+        self, batch: BatchCore, pool: Any, idx: list[int], node: str, asking: bool = False
+    ) -> None:
         conn = await pool.get_connection()
         try:
             for _ in range(3):
                 self.round_trips += 1
-                replies = await _aroundtrip(conn, batch.packed(idx))
-                missing = batch.take(idx, replies, node)
+                raw = await _aroundtrip(conn, batch.packed(idx, asking))
+                missing = batch.take(idx, batch.unpack(idx, raw, asking), node)
                 if not missing:
                     return
                 for script in missing:

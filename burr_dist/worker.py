@@ -259,6 +259,12 @@ class Worker:
             task.add_done_callback(functools.partial(self._forget, result.member))
             started += 1
         if refused:
+            await self._ack_refused(refused)
+        return started
+
+    async def _ack_refused(self, refused: list[Refused]) -> None:
+        """Drop the queue entries of apps that cannot run (or put them back for later)."""
+        try:
             await self.fleet.run_many(
                 [
                     self.fleet.ack_call(
@@ -267,7 +273,10 @@ class Worker:
                     for r in refused
                 ]
             )
-        return started
+        except Exception as e:  # the entries expire and the sweep returns them: nothing is lost
+            log.warning(
+                "queue ack of %d unrunnable apps failed (the sweep requeues them): %s", len(refused), e
+            )
 
     def _forget(self, member: str, _task: asyncio.Task[None]) -> None:
         self._tasks.pop(member, None)

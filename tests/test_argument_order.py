@@ -23,7 +23,12 @@ from burr_dist import (
 from burr_dist.connection import aconnect
 from burr_dist.embedded import EmbeddedServer, free_port
 
-BURR_CONTRACT = {"load", "save", "list_app_ids", "save_and_settle"}  # Burr's order (save_and_settle: save plus a settle)
+BURR_CONTRACT = {
+    "load",
+    "save",
+    "list_app_ids",
+    "save_and_settle",
+}  # Burr's order (save_and_settle: save plus a settle)
 PUBLIC = [FleetClient, AsyncFleetClient, RedisStore, AsyncRedisStore, RedisPersister, AsyncRedisPersister]
 
 

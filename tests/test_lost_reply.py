@@ -191,8 +191,8 @@ class _ReplyLostThenTakeover(RedisStore):
         armed = [True]
         real = self.transport._send
 
-        def send(batch: Any, pool: Any, idx: list[int], node: str) -> None:
-            real(batch, pool, idx, node)
+        def send(batch: Any, pool: Any, idx: list[int], node: str, asking: bool = False) -> None:
+            real(batch, pool, idx, node, asking)
             if armed[0] and any(batch.cmds[i].name == "commit" for i in idx):
                 armed[0] = False
                 between()
@@ -238,8 +238,8 @@ class _FirstCommitReplyLost(RedisStore):
         armed = [True]
         real = self.transport._send
 
-        def send(batch: Any, pool: Any, idx: list[int], node: str) -> None:
-            real(batch, pool, idx, node)
+        def send(batch: Any, pool: Any, idx: list[int], node: str, asking: bool = False) -> None:
+            real(batch, pool, idx, node, asking)
             if armed[0] and any(batch.cmds[i].name == "commit" for i in idx):
                 armed[0] = False
                 batch.pending.update(idx)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -64,9 +64,17 @@ class Row:
     recovery_max: float | None  # seconds; None when no fault aimed at a worker holding apps
     seconds: float
     note: str = ""
+    lost: int | None = None  # acknowledged (ok) commits the store no longer holds; None: not counted
 
 
 RESULTS: list[Row] = []
+
+
+class Endpoint(Protocol):
+    """What a run needs of the store under test: its URL (one server, a Cluster, a Sentinel)."""
+
+    @property
+    def url(self) -> str: ...
 
 
 @dataclass
@@ -77,6 +85,7 @@ class Report:
     summary: dict[str, Any]
     unfinished: dict[str, str] = field(default_factory=dict)
     hung: list[str] = field(default_factory=list)
+    finals: dict[str, FinalState] = field(default_factory=dict)  # what the store held at the end
 
     def assert_ok(self, *, min_faults: int, recovery_bound: float | None = RECOVERY_BOUND) -> None:
         shown = "\n".join(f"  {a.kind} {a.app}: {a.detail}" for a in self.anomalies[:20])
@@ -97,7 +106,7 @@ class ChaosRun:
     def __init__(
         self,
         scenario: str,
-        server: EmbeddedServer,
+        server: EmbeddedServer | Endpoint,
         tmp: Path,
         *,
         apps: int,
@@ -261,7 +270,7 @@ class ChaosRun:
         )  # fmt: skip
         RESULTS.append(row)
         self.fleet.client.close()
-        return Report(row, anomalies, recs, summ, unfinished, self.hung)
+        return Report(row, anomalies, recs, summ, unfinished, self.hung, finals)
 
     def __enter__(self) -> ChaosRun:
         return self
