@@ -245,7 +245,9 @@ class StoreCore:
         k = self.keys(partition_key, app_id)
         return Call(
             script("commit"),
-            (k.meta, k.snaps, k.lease, k.index, k.job, k.counts),
+            # counts only with a settle: during a slot migration a script that declares a key
+            # that does not exist is refused (TRYAGAIN) until the migration ends.
+            (k.meta, k.snaps, k.lease, k.index, k.job, *((k.counts,) if settle is not None else ())),
             (sequence_id, blob, position, status, write_id, self.config.keep, token, app_id,
              *(settle.args() if settle is not None else ("",))),
         )  # fmt: skip

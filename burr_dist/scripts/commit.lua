@@ -6,7 +6,7 @@
 -- KEYS[4] index  zset   the partition's index in this bucket: app id -> first commit (server ms)
 -- KEYS[5] job    hash   fleet record: its 'cancel' field is read (absent outside a fleet), and
 --                       a settle (below) writes it
--- KEYS[6] counts hash   the bucket's status counters (written only by a settle)
+-- KEYS[6] counts hash   the bucket's status counters (given, and written, only with a settle)
 -- ARGV[1] seq     sequence id of the step being committed
 -- ARGV[2] blob    snapshot JSON
 -- ARGV[3] pos     action name (Burr "position")
