@@ -19,7 +19,7 @@ OLDEST_TESTS := tests/test_persister_contract.py tests/test_lease.py tests/test_
 	tests/test_pipeline_retry.py tests/test_claims.py tests/test_argument_order.py tests/test_cli.py \
 	tests/test_fleet_e2e.py
 
-.PHONY: test test-oldest check lint types demo bench bench-env bench-fleet chaos mutants clean
+.PHONY: test test-oldest test-ha check lint types demo bench bench-env bench-fleet chaos chaos-ha mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,14 @@ bench-fleet: $(STAMP) $(BENCH_STAMP)
 
 chaos: $(STAMP)
 	CHAOS_SIZE=large $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos -m chaos
+
+# Everything that needs replicated topologies (Sentinel, Cluster with replicas), small size.
+test-ha: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m ha $(PYTEST_ARGS)
+
+# The failover scenarios alone at full size, with their table.
+chaos-ha: $(STAMP)
+	CHAOS_SIZE=large $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos/test_failover.py -m chaos
 
 # Break one Lua script at a time (in a temporary copy) and check the suite notices each time.
 mutants: $(STAMP)

@@ -46,6 +46,7 @@ COVERED: dict[str, str] = {
     "make demo": DEMO,
     "make test": MAKE,
     "make chaos": MAKE,
+    "make chaos-ha": MAKE,
     "make check": MAKE,
     "make test-oldest": MAKE,
     "make bench": MAKE,
