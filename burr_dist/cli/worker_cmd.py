@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import click
 
 from burr_dist.cli import LOG_LEVELS, check_redis, emit_json, import_registry, json_flag, main, settings
 from burr_dist.keys import KeySchema
+from burr_dist.logs import FORMATS, configure
 from burr_dist.queue import DEFAULT_QUEUE
 
 
@@ -78,6 +78,20 @@ from burr_dist.queue import DEFAULT_QUEUE
     show_default=True,
     help="Case-insensitive.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line on stderr (fields and event names: README, Observability).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics [default: no metrics].",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of --metrics-port.")
 @json_flag
 def worker(
     module: str,
@@ -92,6 +106,9 @@ def worker(
     worker_id: str | None,
     allow_evicting_redis: bool,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run a worker for the apps registered in MODULE.
 
@@ -103,9 +120,7 @@ def worker(
     from burr_dist.worker import Worker
 
     s = settings()
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure(log_level, log_format)
     registry = import_registry(module)
     if queues is None:
         names = [DEFAULT_QUEUE, *sorted({spec.queue for spec in registry.apps.values()} - {DEFAULT_QUEUE})]
@@ -132,6 +147,17 @@ def worker(
         allow_evicting_redis=allow_evicting_redis,
     )
     check_redis(s.url).close()
+    if metrics_port is not None:
+        from burr_dist.metrics import WorkerMetrics  # prometheus_client only when asked for
+
+        metrics = WorkerMetrics()
+        metrics.attach(w)
+        w.observer = metrics
+        server = metrics.serve(metrics_port, metrics_host)
+        logging.getLogger(__name__).info(
+            "metrics on http://%s:%d/metrics", metrics_host, server.server_address[1],
+            extra={"event": "metrics_serving"},
+        )  # fmt: skip
     w.run_forever()
     if s.json:
         emit_json({"worker_id": w.id, "claims": w.completed_claims, "queues": names})
