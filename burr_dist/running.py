@@ -35,6 +35,7 @@ from burr_dist.observe import NOOP, Observer
 from burr_dist.persister import AsyncRedisPersister, RedisPersister
 from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
 from burr_dist.store import Committed, RedisStore, Settle
+from burr_dist.trackers import resume_without_parent
 
 if TYPE_CHECKING:
     from burr_dist.chaos.history import HistoryRecorder
@@ -501,6 +502,7 @@ class ClaimRunner:
         """The builder (identifiers and initialize_from added), its persister, and whether the
         app is async. Building it loads state: that happens on the loop (async) or the pool."""
         builder = spec.factory(AppContext(spec.name, lease.app_id, lease.partition_key))
+        resume_without_parent(builder)  # a .with_tracker() that fails a resume otherwise
         graph = builder.graph_builder
         if graph is None:
             raise ConfigurationError(
