@@ -101,7 +101,7 @@ class WorkerMetrics(Observer):
     def attach(self, worker: Worker) -> None:
         """Subscribe to the worker's FleetEvents and read its held apps at scrape time."""
         worker.registry.on(*OUTCOMES, "lease_lost")(self.on_event)
-        self.held.set_function(lambda: len(worker._held))
+        self.held.set_function(lambda: worker.held_apps)
         self.info.info({"worker": worker.id, "queues": ",".join(worker.queues),
                         "concurrency": str(worker.concurrency), "version": package_version()})  # fmt: skip
 

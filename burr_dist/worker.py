@@ -107,6 +107,11 @@ class Worker:
         self.observer = observer or NOOP
 
     @property
+    def held_apps(self) -> int:
+        """Apps this worker holds a claim on now."""
+        return len(self._held)
+
+    @property
     def claim_ms(self) -> int:
         return int(self.lease_ttl * 1000)
 
