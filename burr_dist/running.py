@@ -188,11 +188,10 @@ class ClaimRunner:
     def _fields(
         self, lease: AsyncLease, event: str, error: BaseException | str | None = None, **more: Any
     ) -> dict[str, Any]:
-        """``extra`` of a log record (burr_dist.logs): the event name and the app's ids."""
-        head = lease.head["sequence_id"] if lease.head is not None else None
+        """``extra`` of a log record (burr_dist.logs): the event name and the app's ids
+        (``sequence_id=`` when the caller knows the app's head)."""
         return {"event": event, "app_id": lease.app_id, "partition_key": lease.partition_key,
-                "sequence_id": more.pop("sequence_id", head), "worker": self.id,
-                "error": None if error is None else str(error), **more}  # fmt: skip
+                "worker": self.id, "error": None if error is None else str(error), **more}  # fmt: skip
 
     def _event(
         self, kind: str, spec_name: str, lease: AsyncLease, app: Application | None, error: str | None = None
@@ -439,7 +438,14 @@ class ClaimRunner:
                       extra=self._fields(lease, "settled", outcome=outcome, sequence_id=app.sequence_id))  # fmt: skip
 
     async def _build_failed(self, lease: AsyncLease, name: str, e: Exception) -> tuple[str, int | None]:
-        log.error("app %s cannot be built: %s", lease.app_id, e, extra=self._fields(lease, "build_failed", e))
+        log.error(
+            "app %s cannot be built: %s",
+            lease.app_id,
+            e,
+            extra=self._fields(
+                lease, "build_failed", e, sequence_id=lease.head and lease.head["sequence_id"]
+            ),
+        )
         result = await self._settle(lease, "failed", attempts="incr", error=f"build failed: {e!r}")
         await self._emit("failed", name, lease, None, repr(e))
         return result
