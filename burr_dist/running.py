@@ -31,9 +31,11 @@ from burr.core import Application
 from burr_dist.claiming import Claim
 from burr_dist.errors import ConfigurationError, LeaseError, LeaseLost, SequenceConflict, StoreRewound
 from burr_dist.lease import AsyncLease
+from burr_dist.observe import NOOP, Observer
 from burr_dist.persister import AsyncRedisPersister, RedisPersister
 from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
 from burr_dist.store import Committed, RedisStore, Settle
+from burr_dist.trackers import resume_without_parent
 
 if TYPE_CHECKING:
     from burr_dist.chaos.history import HistoryRecorder
@@ -52,17 +54,22 @@ class _ActionFailed(Exception):
 
 def _step_and_commit(
     app: Application, persister: RedisPersister, lease: AsyncLease, inputs: Any,
-    plan: Callable[[], Settle | None],
+    plan: Callable[[], Settle | None], observe: Callable[[float], None],
 ) -> Committed | None:  # fmt: skip
-    """One sync step and its commit; ``plan`` (called once the step ran) may add the settle."""
+    """One sync step and its commit; ``plan`` (called once the step ran) may add the settle;
+    ``observe`` gets the commit's duration."""
     try:
         action, _, state = app.step(inputs=inputs)  # type: ignore[misc]
     except Exception as e:
         raise _ActionFailed(e) from e
     assert app.sequence_id is not None
-    return persister.save_and_settle(
-        lease.partition_key, lease.app_id, app.sequence_id, action.name, state, "completed", plan()
+    settle = plan()
+    started = time.perf_counter()
+    committed = persister.save_and_settle(
+        lease.partition_key, lease.app_id, app.sequence_id, action.name, state, "completed", settle
     )
+    observe(time.perf_counter() - started)
+    return committed
 
 
 @dataclass
@@ -129,6 +136,7 @@ class ClaimRunner:
         stopping: Callable[[], bool],
         recorder: Recorder,
         on_rewound: Callable[[StoreRewound], None],
+        observer: Observer = NOOP,
     ) -> None:
         self.fleet = fleet
         self.sync_store = sync_store
@@ -140,6 +148,7 @@ class ClaimRunner:
         self._stopping = stopping
         self.recorder = recorder
         self.on_rewound = on_rewound
+        self.observer = observer
         self.history = recorder.history
         self.config = fleet.config
 
@@ -156,22 +165,33 @@ class ClaimRunner:
         try:
             await self._run_claim(lease, name)
         except StoreRewound as e:
+            self.observer.claim_ended_by(name, e)
             self.on_rewound(e)
             await lease.detach()
             await self._emit("lease_lost", name, lease, None, str(e))
             return
         except LeaseError as e:
-            log.warning("lease on %s lost: %s", claim.member, e)
+            self.observer.claim_ended_by(name, e)
+            log.warning("lease on %s lost: %s", claim.member, e, extra=self._fields(lease, "lease_lost", e))
             await lease.detach()
             await self._emit("lease_lost", name, lease, None, str(e))
             return  # the app belongs to whoever holds the lease now; its queue entry too
         except Exception as e:
             # Infrastructure trouble (Redis unreachable...): no settle possible; the lease expires
             # and the sweep requeues the app.
-            log.exception("claim of %s aborted", claim.member)
+            self.observer.claim_ended_by(name, e)
+            log.exception("claim of %s aborted", claim.member, extra=self._fields(lease, "claim_aborted", e))
             await lease.detach()
             await self._emit("lease_lost", name, lease, None, repr(e))
             return
+
+    def _fields(
+        self, lease: AsyncLease, event: str, error: BaseException | str | None = None, **more: Any
+    ) -> dict[str, Any]:
+        """``extra`` of a log record (burr_dist.logs): the event name and the app's ids
+        (``sequence_id=`` when the caller knows the app's head)."""
+        return {"event": event, "app_id": lease.app_id, "partition_key": lease.partition_key,
+                "worker": self.id, "error": None if error is None else str(error), **more}  # fmt: skip
 
     def _event(
         self, kind: str, spec_name: str, lease: AsyncLease, app: Application | None, error: str | None = None
@@ -329,13 +349,16 @@ class ClaimRunner:
                 run.end, run.position, run.error = "action_failed", info.name, e
                 return
             try:
+                settle = self._plan_settle(run)
+                started = time.perf_counter()
                 committed = await run.persister.save_and_settle(
                     run.lease.partition_key, run.lease.app_id, run.app.sequence_id, action.name, state,
-                    "completed", self._plan_settle(run),
+                    "completed", settle,
                 )  # fmt: skip
             except BaseException:
                 self._commit_failed(run)
                 raise
+            self.observer.committed(run.spec.name, "completed", time.perf_counter() - started)
             ends = self._step_done(run, committed)
             await self._emit("step_committed", run.spec.name, run.lease, run.app)
             if ends:
@@ -362,8 +385,9 @@ class ClaimRunner:
             run.lease.check()
             try:
                 committed = _step_and_commit(
-                    run.app, run.persister, run.lease, self._inputs(run, info), lambda: self._plan_settle(run)
-                )
+                    run.app, run.persister, run.lease, self._inputs(run, info), lambda: self._plan_settle(run),
+                    lambda seconds: self.observer.committed(run.spec.name, "completed", seconds),
+                )  # fmt: skip
             except _ActionFailed as failed:
                 if isinstance(failed.error, (LeaseError, SequenceConflict)):
                     raise failed.error from None
@@ -388,6 +412,7 @@ class ClaimRunner:
             await self._emit(
                 {"waiting": "parked", "queued": "handed_back"}.get(status, status), name, lease, app
             )
+            self._log_settled(lease, app, {"queued": "handed_back"}.get(status, status))
             return result
         if run.end == "action_failed":
             assert run.error is not None
@@ -404,10 +429,23 @@ class ClaimRunner:
             result = await self._settle(lease, "queued", consumed=consumed)
         kind = {"waiting": "parked"}.get(run.end, run.end)
         await self._emit(kind, name, lease, app)
+        self._log_settled(lease, app, run.end)
         return result
 
+    def _log_settled(self, lease: AsyncLease, app: Application, outcome: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):  # one record per claim: debug, and built only when wanted
+            log.debug("app %s settled: %s", lease.app_id, outcome,
+                      extra=self._fields(lease, "settled", outcome=outcome, sequence_id=app.sequence_id))  # fmt: skip
+
     async def _build_failed(self, lease: AsyncLease, name: str, e: Exception) -> tuple[str, int | None]:
-        log.error("app %s cannot be built: %s", lease.app_id, e)
+        log.error(
+            "app %s cannot be built: %s",
+            lease.app_id,
+            e,
+            extra=self._fields(
+                lease, "build_failed", e, sequence_id=lease.head and lease.head["sequence_id"]
+            ),
+        )
         result = await self._settle(lease, "failed", attempts="incr", error=f"build failed: {e!r}")
         await self._emit("failed", name, lease, None, repr(e))
         return result
@@ -420,7 +458,10 @@ class ClaimRunner:
             raise error
         # Burr's contract: a failed step is saved with the state from before the action; the
         # rebuilt app re-runs the action at the next sequence id.
+        self.observer.action_failed(spec.name)
+        started = time.perf_counter()
         await self._save(persister, is_async, lease, app.sequence_id, position, app.state, "failed")
+        self.observer.committed(spec.name, "failed", time.perf_counter() - started)
         attempts = int(lease.job.get("attempts") or 0) + 1
         text = f"{type(error).__name__}: {error}"
         if attempts < spec.retry.max_attempts:
@@ -433,11 +474,16 @@ class ClaimRunner:
                 consumed=consumed,
             )
             await self._emit("retry_scheduled", spec.name, lease, app, text)
+            log.info("app %s: %s failed (attempt %d of %d), retry scheduled", lease.app_id, position, attempts,
+                     spec.retry.max_attempts,
+                     extra=self._fields(lease, "retry_scheduled", text, sequence_id=app.sequence_id))  # fmt: skip
         else:
             result = await self._settle(
                 lease, "failed", attempts=str(attempts), error=text, consumed=consumed
             )
             await self._emit("failed", spec.name, lease, app, text)
+            log.warning("app %s failed: %s failed %d times", lease.app_id, position, attempts,
+                        extra=self._fields(lease, "app_failed", text, sequence_id=app.sequence_id))  # fmt: skip
         return result
 
     async def _save(
@@ -462,6 +508,7 @@ class ClaimRunner:
         """The builder (identifiers and initialize_from added), its persister, and whether the
         app is async. Building it loads state: that happens on the loop (async) or the pool."""
         builder = spec.factory(AppContext(spec.name, lease.app_id, lease.partition_key))
+        resume_without_parent(builder)  # a .with_tracker() that fails a resume otherwise
         graph = builder.graph_builder
         if graph is None:
             raise ConfigurationError(

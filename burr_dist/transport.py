@@ -30,6 +30,7 @@ import asyncio
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -133,6 +134,7 @@ class BatchCore:
                 self.asked[i] = (reply.host, reply.port)
                 self.error = reply
             elif isinstance(reply, BaseException) and is_transient(reply):
+                COUNTS.count(COUNTS.retries, reply)  # one reply of the batch: sent again
                 if isinstance(reply, redis.exceptions.MovedError):
                     self.asked.pop(i, None)  # the migration is over: follow the slot map
                 self.error = reply
@@ -152,6 +154,7 @@ class BatchCore:
                 # batch is unconfirmed, even where WAIT counted replicas for earlier writes.
                 if not is_transient(failed):
                     raise failed
+                COUNTS.count(COUNTS.retries, failed)
                 self.error = failed
                 self.pending.update(idx)  # unconfirmed: send again (each command is idempotent)
             elif int(wait) < self.durability.replicas:
@@ -182,6 +185,35 @@ class _Retry:
         if self.attempt >= self.policy.attempts or time.monotonic() >= self.give_up:
             return None
         return random.uniform(0, min(self.policy.maximum, self.policy.initial * 2**self.attempt))
+
+
+class RedisCounts:
+    """Process-wide counts of the transports' transient failures (each followed by a retry) and
+    of the errors they raised, by exception type: plain integers under a lock, cheap and
+    dependency-free, read at scrape time by :mod:`burr_dist.metrics`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.retries: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+
+    def count(self, table: dict[str, int], error: BaseException | str) -> None:
+        name = error if isinstance(error, str) else type(error).__name__
+        with self._lock:
+            table[name] = table.get(name, 0) + 1
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
+        with self._lock:
+            return dict(self.retries), dict(self.errors)
+
+
+COUNTS = RedisCounts()
+
+
+def _count_error(error: BaseException) -> None:
+    """A Redis error reply or client error (not a cancellation, not one of ours)."""
+    if isinstance(error, redis.RedisError):
+        COUNTS.count(COUNTS.errors, error)
 
 
 def _unavailable(batch: BatchCore, error: BaseException | None) -> RedisUnavailable:
@@ -244,7 +276,9 @@ class Transport:
                     self._send(batch, pool, idx, name, asking)
             except BaseException as e:
                 if not is_transient(e):
+                    _count_error(e)
                     raise
+                COUNTS.count(COUNTS.retries, e)
                 batch.error = e
                 batch.asked.clear()  # e.g. the node an ASK named is gone: back to the slot map
                 batch.only_asked = False
@@ -255,6 +289,7 @@ class Transport:
                 hops = 0
                 wait = retry.next_wait()
                 if wait is None:
+                    COUNTS.count(COUNTS.errors, "RedisUnavailable")
                     raise _unavailable(batch, batch.error)
                 time.sleep(wait)
                 self.refresh()
@@ -389,7 +424,9 @@ class AsyncTransport:
                             raise r
             except BaseException as e:
                 if not is_transient(e):
+                    _count_error(e)
                     raise
+                COUNTS.count(COUNTS.retries, e)
                 batch.error = e
                 batch.asked.clear()
                 batch.only_asked = False
@@ -400,6 +437,7 @@ class AsyncTransport:
                 hops = 0
                 wait = retry.next_wait()
                 if wait is None:
+                    COUNTS.count(COUNTS.errors, "RedisUnavailable")
                     raise _unavailable(batch, batch.error)
                 await asyncio.sleep(wait)
                 await self.refresh()

@@ -135,4 +135,5 @@ class Upkeep:
         ]
         moved = sum(len(m) for m in await self.fleet.run_many(calls))
         if moved:
-            log.info("swept %d expired claims back to %s", moved, ",".join(self.queues))
+            log.info("swept %d expired claims back to %s", moved, ",".join(self.queues),
+                     extra={"event": "swept", "worker": self.worker_id, "queue": ",".join(self.queues)})  # fmt: skip

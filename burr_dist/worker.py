@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from burr_dist.claiming import Claim, Claimer, Refused
 from burr_dist.connection import aconnect, connect, resolve_target
 from burr_dist.errors import BurrDistError, ConfigurationError, StoreRewound
+from burr_dist.observe import NOOP, Observer
 from burr_dist.queue import DEFAULT_QUEUE, AsyncFleetClient
 from burr_dist.registry import Registry
 from burr_dist.running import ClaimRunner, Recorder
@@ -66,6 +67,7 @@ class Worker:
         history: HistoryRecorder | None = None,
         wait_replicas: int | None = None,
         wait_timeout_ms: int | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1", concurrency=concurrency)
@@ -102,6 +104,12 @@ class Worker:
         self.history = history
         self.recorder = Recorder(history)
         self.fatal: StoreRewound | None = None
+        self.observer = observer or NOOP
+
+    @property
+    def held_apps(self) -> int:
+        """Apps this worker holds a claim on now."""
+        return len(self._held)
 
     @property
     def claim_ms(self) -> int:
@@ -110,7 +118,8 @@ class Worker:
     # -- lifecycle -----------------------------------------------------------------------
     def request_stop(self) -> None:
         if not self.stopping:
-            log.info("worker %s stopping: no new claims; running apps are handed back", self.id)
+            log.info("worker %s stopping: no new claims; running apps are handed back", self.id,
+                     extra={"event": "worker_stopping", "worker": self.id})  # fmt: skip
         self.stopping = True
         if self._stop is not None:
             self._stop.set()
@@ -157,7 +166,7 @@ class Worker:
         self.runner = ClaimRunner(
             self.fleet, self.sync_store, self.registry, self._pool, worker_id=self.id,
             max_steps=self.max_steps, max_seconds=self.max_seconds, stopping=lambda: self.stopping,
-            recorder=self.recorder, on_rewound=self._rewound,
+            recorder=self.recorder, on_rewound=self._rewound, observer=self.observer,
         )  # fmt: skip
         self.upkeep = Upkeep(
             self.fleet, self.id, self.queues, self.concurrency, self.lease_ttl, self.sweep_interval,
@@ -165,8 +174,9 @@ class Worker:
         )  # fmt: skip
         background = asyncio.create_task(self.upkeep.run(self._rewound))
         log.info(
-            "worker %s started: queues=%s concurrency=%d", self.id, ",".join(self.queues), self.concurrency
-        )
+            "worker %s started: queues=%s concurrency=%d", self.id, ",".join(self.queues), self.concurrency,
+            extra={"event": "worker_started", "worker": self.id, "queue": ",".join(self.queues)},
+        )  # fmt: skip
         try:
             await self._claim_loop()
             if self._tasks:
@@ -182,7 +192,8 @@ class Worker:
             await self.fleet.aclose()
             self.sync_store.client.close()
             self._pool.shutdown(wait=False)
-            log.info("worker %s stopped after %d claims", self.id, self.completed_claims)
+            log.info("worker %s stopped after %d claims", self.id, self.completed_claims,
+                     extra={"event": "worker_stopped", "worker": self.id})  # fmt: skip
         if self.fatal is not None:
             raise self.fatal
 
@@ -190,7 +201,8 @@ class Worker:
         """Redis lost data: stop committing anything, here and now, and exit with the error."""
         if self.fatal is None:
             self.fatal = error
-            log.critical("worker %s stops: %s", self.id, error)
+            log.critical("worker %s stops: %s", self.id, error,
+                         extra={"event": "store_rewound", "worker": self.id, "error": str(error)})  # fmt: skip
         for claim in list(self._held.values()):
             if claim.lease is not None:
                 claim.lease.mark_lost(f"store rewound: {error}")
@@ -208,7 +220,8 @@ class Worker:
                 try:
                     claimed += await self._claim_round(queue, free)
                 except BurrDistError as e:
-                    log.warning("claim on %s failed: %s", queue, e)
+                    log.warning("claim on %s failed: %s", queue, e,
+                                extra={"event": "claim_failed", "worker": self.id, "queue": queue})  # fmt: skip
             if self.stopping:
                 break
             if claimed == 0 or len(self._tasks) >= self.concurrency:
@@ -240,7 +253,8 @@ class Worker:
         except Exception:
             for _, op in ops:
                 self.recorder.complete(op, "unknown")
-            log.exception("lease acquire of %d claimed apps failed", len(fresh))
+            log.exception("lease acquire of %d claimed apps failed", len(fresh),
+                          extra={"event": "claim_failed", "worker": self.id, "queue": queue})  # fmt: skip
             return 0  # the active entries are swept back after their deadline
         refused = []
         started = 0
@@ -258,6 +272,8 @@ class Worker:
             self._tasks[result.member] = task
             task.add_done_callback(functools.partial(self._forget, result.member))
             started += 1
+        if started:
+            self.observer.claimed(queue, started)
         if refused:
             await self._ack_refused(refused)
         return started

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import pytest
 import redis
 
 from burr_dist import FleetClient
-from burr_dist.embedded import EmbeddedServer
+from burr_dist.embedded import EmbeddedServer, free_port
 from tests.test_demo import make_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,7 @@ MAKE = "tests/test_readme.py::test_make_targets_exist_and_name_existing_files"
 CLI = "tests/test_readme.py::test_cli_commands_from_the_readme"
 SESSION = "tests/test_readme.py::test_quickstart_and_redis_cli_session"
 BENCH = "tests/test_readme.py::test_bench_scripts_run_at_a_small_size"
+OBS = "tests/test_readme.py::test_observability_commands_from_the_readme"
 
 # README command -> the test that runs it. `make test` is what CI runs (.ci/run); it and the long
 # targets (chaos: 8 minutes, mutants, the benchmarks) are dry-run here: each target exists and
@@ -69,6 +71,8 @@ COVERED: dict[str, str] = {
     "burr-dist fork APP --at 3 --app-id APP2": CLI,
     "burr-dist ls --status failed": CLI,
     "burr-dist workers": CLI,
+    "burr-dist worker examples.apps --metrics-port 9101 --log-format json": OBS,
+    "burr-dist metrics --port 9464": OBS,
     ".venv/bin/python bench/steps.py": BENCH,
 }
 
@@ -210,7 +214,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, worker: sub
 def test_cli_commands_from_the_readme(fleet_server: EmbeddedServer, tmp_path: Path) -> None:
     """README's fleet session, in its order, each command exactly as shown (APP/APP2 filled in)."""
     url, env = fleet_server.url, cli_env(fleet_server.url)
-    commands = [cmd for cmd in readme_commands() if cmd.startswith("burr-dist ")]
+    commands = [cmd for cmd in readme_commands() if COVERED.get(cmd) == CLI]
     assert commands[0] == "burr-dist worker examples.apps --concurrency 8"
     fc = FleetClient.from_url(url)
     fc.enqueue("counter", "later", delay=600)  # APP for cancel and retry: queued, not yet due
@@ -268,6 +272,48 @@ def test_cli_commands_from_the_readme(fleet_server: EmbeddedServer, tmp_path: Pa
             raise
         fc.client.close()
     assert code == 0, log.read_text()[-3000:]
+
+
+def test_observability_commands_from_the_readme(fleet_server: EmbeddedServer, tmp_path: Path) -> None:
+    """The worker with metrics and JSON logs, and the exporter, as shown (each on a free port)."""
+    url, env = fleet_server.url, cli_env(fleet_server.url)
+    commands = [cmd for cmd in readme_commands() if COVERED.get(cmd) == OBS]
+    assert len(commands) == 2
+    fc = FleetClient.from_url(url)
+    fc.enqueue("counter", "c1", state={"target": 3})
+    for cmd in commands:
+        shown = re.search(r"--(?:metrics-)?port (\d+)", cmd)
+        assert shown is not None, cmd
+        port = free_port()
+        log = tmp_path / "stderr.log"
+        with open(log, "wb") as err:
+            proc = subprocess.Popen(
+                [*burr_dist_exe(), *shlex.split(cmd.replace(shown.group(1), str(port)))[1:]],
+                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
+            )  # fmt: skip
+        try:
+            if "worker" in cmd:
+                wait_until(lambda: fc.job("c1")["status"] == "completed", 60, "c1 to complete", proc)
+            body = ""
+            give_up = time.monotonic() + 20
+            while not body:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                        body = reply.read().decode()
+                except OSError:
+                    assert proc.poll() is None and time.monotonic() < give_up, log.read_text()
+                    time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=20)
+        assert code == 0, log.read_text()[-3000:]
+        if "worker" in cmd:
+            assert 'burr_dist_steps_committed_total{name="counter",status="completed"} 4.0' in body
+            events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+            assert {"worker_started", "metrics_serving", "worker_stopped"} <= set(events)
+        else:
+            assert 'burr_dist_apps{status="completed"} 1.0' in body
+    fc.client.close()
 
 
 # -- quickstart and the redis-cli session --------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""``burr-dist worker``: run a worker for the apps of a registry module."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from burr_dist.cli import LOG_LEVELS, check_redis, emit_json, import_registry, json_flag, main, settings
+from burr_dist.keys import KeySchema
+from burr_dist.logs import FORMATS, configure
+from burr_dist.queue import DEFAULT_QUEUE
+
+
+# -- worker -------------------------------------------------------------------------------------------
+@main.command()
+@click.argument("module")
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Apps run at once."
+)
+@click.option(
+    "--queues",
+    default=None,
+    metavar="Q1,Q2",
+    help="Queues to claim from, in priority order [default: 'default' plus every queue the registry's apps use].",
+)
+@click.option(
+    "--lease-ttl",
+    type=click.FloatRange(min=0.3, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds an unrenewed claim lasts.",
+)
+@click.option(
+    "--sweep-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Seconds between sweeps of expired claims.",
+)
+@click.option(
+    "--max-steps-per-claim",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Steps before an app goes back to its queue.",
+)
+@click.option(
+    "--max-seconds-per-claim",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds before an app goes back to its queue.",
+)
+@click.option(
+    "--finished-ttl",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds a completed app's state is kept [default: forever].",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="Seconds an idle worker waits before it tries to claim again.",
+)
+@click.option("--worker-id", default=None, help="[default: host-pid-random]")
+@click.option(
+    "--allow-evicting-redis",
+    is_flag=True,
+    help="Start even if Redis has an evicting maxmemory-policy (eviction can drop a live lease).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Case-insensitive.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line on stderr (fields and event names: README, Observability).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics [default: no metrics].",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of --metrics-port.")
+@json_flag
+def worker(
+    module: str,
+    concurrency: int,
+    queues: str | None,
+    lease_ttl: float,
+    sweep_interval: float,
+    max_steps_per_claim: int,
+    max_seconds_per_claim: float,
+    finished_ttl: float | None,
+    poll_interval: float,
+    worker_id: str | None,
+    allow_evicting_redis: bool,
+    log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
+    """Run a worker for the apps registered in MODULE.
+
+    MODULE is pkg.module or pkg.module:registry, importable from the working directory.
+
+    Stops on SIGTERM/SIGINT: no new claims, running apps are handed back at their next step
+    boundary; a second signal exits at once.
+    """
+    from burr_dist.worker import Worker
+
+    s = settings()
+    configure(log_level, log_format)
+    registry = import_registry(module)
+    if queues is None:
+        names = [DEFAULT_QUEUE, *sorted({spec.queue for spec in registry.apps.values()} - {DEFAULT_QUEUE})]
+    else:
+        names = [q.strip() for q in queues.split(",") if q.strip()]
+        if not names:
+            raise click.BadParameter("no queue names given", param_hint="--queues")
+    schema = KeySchema(s.prefix)
+    for name in names:
+        schema.queue_shard(name, 0)  # ConfigurationError for an invalid name
+    w = Worker(
+        registry,
+        url=s.url,
+        prefix=s.prefix,
+        queues=names,
+        concurrency=concurrency,
+        lease_ttl=lease_ttl,
+        sweep_interval=sweep_interval,
+        max_steps_per_claim=max_steps_per_claim,
+        max_seconds_per_claim=max_seconds_per_claim,
+        finished_ttl=finished_ttl,
+        poll_interval=poll_interval,
+        worker_id=worker_id,
+        allow_evicting_redis=allow_evicting_redis,
+    )
+    check_redis(s.url).close()
+    if metrics_port is not None:
+        from burr_dist.metrics import WorkerMetrics  # prometheus_client only when asked for
+
+        metrics = WorkerMetrics()
+        metrics.attach(w)
+        w.observer = metrics
+        server = metrics.serve(metrics_port, metrics_host)
+        logging.getLogger(__name__).info(
+            "metrics on http://%s:%d/metrics", metrics_host, server.server_address[1],
+            extra={"event": "metrics_serving"},
+        )  # fmt: skip
+    w.run_forever()
+    if s.json:
+        emit_json({"worker_id": w.id, "claims": w.completed_claims, "queues": names})
