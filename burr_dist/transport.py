@@ -94,6 +94,7 @@ class BatchCore:
         """Record a node's replies. Returns scripts to load before re-sending (NOSCRIPT)."""
         n = len(idx)
         missing: dict[str, LuaScript] = {}
+        refused = False  # a command got a transient error reply (NOREPLICAS, READONLY, TRYAGAIN...)
         for i, reply in zip(idx, replies[:n], strict=True):
             if isinstance(reply, redis.exceptions.NoScriptError) and self.cmds[i].script is not None:
                 script = self.cmds[i].script
@@ -101,6 +102,7 @@ class BatchCore:
                 missing[script.sha] = script
             elif isinstance(reply, BaseException) and is_transient(reply):
                 self.error = reply
+                refused = True
             elif isinstance(reply, BaseException):
                 raise reply
             else:
@@ -114,6 +116,11 @@ class BatchCore:
                     raise wait
                 self.error = wait
                 self.pending.update(idx)  # unconfirmed: send again (each command is idempotent)
+            elif refused:
+                # The node refused writes for now (min-replicas-to-write: NOREPLICAS, a demoted
+                # master: READONLY): WAIT's count says nothing about a write that did not run.
+                # Transient like the refusal itself: the whole part is sent again.
+                self.pending.update(idx)
             elif int(wait) < self.durability.replicas:
                 raise NotDurable(
                     f"WAIT on {node} confirmed {int(wait)} of {self.durability.replicas} replicas "
