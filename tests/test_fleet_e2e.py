@@ -1,5 +1,6 @@
-"""End-to-end tests of the worker fleet: real Redis, real worker processes (SIGKILL = crash,
-SIGTERM = graceful stop), apps from examples.apps and tests.support.fleet."""
+"""End-to-end tests of the worker fleet: real Redis (every topology, on the first server kind),
+real worker processes (SIGKILL = crash, SIGTERM = graceful stop), apps from examples.apps and
+tests.support.fleet."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from burr_dist import EnqueueRequest, FleetClient
 from burr_dist.errors import AppNotRunnable
 from tests.support.fleet import EVENTS_KEY, WorkerProc, events, start_worker, wait_until
+from tests.support.targets import Target
+
+pytestmark = pytest.mark.topologies(kinds=1)
 
 SUPPORT = "tests.support.fleet"
 TTL = 1.5
@@ -26,13 +29,14 @@ SWEEP = 0.3
 
 
 class Fleet:
-    """One test's Redis plus the worker processes it started (all SIGKILLed at teardown)."""
+    """One test's Redis plus the worker processes it started (all SIGKILLed at teardown).
+    ``client`` is an admin client of any topology (keys are inspected through KeySchema)."""
 
-    def __init__(self, url: str, log_dir: Path) -> None:
-        self.url = url
+    def __init__(self, target: Target, log_dir: Path) -> None:
+        self.url = target.url
         self.log_dir = log_dir
-        self.client = redis.Redis.from_url(url)
-        self.fc = FleetClient.from_url(url)
+        self.client = target.client()
+        self.fc = FleetClient.from_url(self.url)
         self.workers: list[WorkerProc] = []
 
     def spawn(self, **kw: Any) -> WorkerProc:
@@ -83,8 +87,8 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(fleet_server, tmp_path: Path) -> Iterator[Fleet]:  # type: ignore[no-untyped-def]
-    f = Fleet(fleet_server.url, tmp_path)
+def fleet(target: Target, tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(target, tmp_path)
     yield f
     f.close()
 
@@ -121,6 +125,7 @@ def assert_no_step_committed_twice(evs: list[dict[str, Any]]) -> None:
 
 
 # 1 ---------------------------------------------------------------------------------------------
+@pytest.mark.topologies(kinds=1, default=("cluster",))
 def test_many_apps_over_three_workers_complete_with_contiguous_histories(fleet: Fleet) -> None:
     workers = [fleet.spawn(max_steps_per_claim=5, concurrency=8) for _ in range(3)]
     rng = random.Random(1234)

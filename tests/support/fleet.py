@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
 from burr.core import ApplicationBuilder, State, action, expr
 
 from burr_dist import FleetClient, Registry, RetryPolicy
 from burr_dist.cli import EXIT_STORE_REWOUND
+from burr_dist.connection import aconnect, connect
 from burr_dist.errors import StoreRewound
 from burr_dist.registry import AppContext, FleetEvent
 
@@ -66,14 +66,14 @@ def slow(ctx: AppContext) -> ApplicationBuilder:
     )
 
 
-_gate_client: redis.Redis | None = None
+_gate_client: Any = None  # a client of any topology (burr_dist.connection.connect)
 
 
 @action(reads=["gate", "calls"], writes=["calls", "result"])
 def call_gated(state: State) -> State:
     global _gate_client
     if _gate_client is None:
-        _gate_client = redis.Redis.from_url(os.environ["BURR_DIST_TEST_URL"])
+        _gate_client = connect(os.environ["BURR_DIST_TEST_URL"])
     if _gate_client.get(state["gate"]) != b"open":
         raise RuntimeError(f"gate {state['gate']} is closed")
     return state.update(calls=state["calls"] + 1, result="through")
@@ -98,7 +98,7 @@ def gated(ctx: AppContext) -> ApplicationBuilder:
 def _first_run_fails(key: str) -> None:
     global _gate_client
     if _gate_client is None:
-        _gate_client = redis.Redis.from_url(os.environ["BURR_DIST_TEST_URL"])
+        _gate_client = connect(os.environ["BURR_DIST_TEST_URL"])
     if _gate_client.incr(key) == 1:
         raise RuntimeError(f"first run of {key} fails")
 
@@ -233,14 +233,12 @@ def wait_until(
         time.sleep(interval)
 
 
-def events(client: redis.Redis, key: str = EVENTS_KEY) -> list[dict[str, Any]]:
+def events(client: Any, key: str = EVENTS_KEY) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in client.lrange(key, 0, -1)]
 
 
 # -- the worker process's entry point ------------------------------------------------------------
 def _install_event_hook(reg: Registry, url: str, key: str) -> None:
-    import redis.asyncio as aioredis
-
     clients: dict[int, Any] = {}
 
     async def record(event: FleetEvent) -> None:
@@ -248,7 +246,7 @@ def _install_event_hook(reg: Registry, url: str, key: str) -> None:
 
         loop_id = id(asyncio.get_running_loop())
         if loop_id not in clients:
-            clients[loop_id] = aioredis.Redis.from_url(url)
+            clients[loop_id] = aconnect(url)  # any topology
         doc = {
             "kind": event.kind, "app_id": event.app_id, "seq": event.sequence_id, "position": event.position,
             "worker": event.worker, "error": event.error, "t": time.time(),
