@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -78,6 +79,38 @@ class Target:
         """``url`` with query options added (wait_replicas=1, socket_timeout=...)."""
         sep = "&" if "?" in self.url else "?"
         return self.url + sep + urlencode(options)
+
+    def url_as(self, user: str, password: str, *, sentinel_user: bool = False) -> str:
+        """``url`` for another user (made with :meth:`add_user`); with ``sentinel_user`` the
+        sentinels are asked as that user too (sentinel_username / sentinel_password)."""
+        env = self.env
+        saved = env.auth, getattr(env, "sentinel_auth", None)
+        env.auth = (user, password)
+        if isinstance(env, EmbeddedSentinel):
+            env.sentinel_auth = (user, password) if sentinel_user else None
+        try:
+            return env.url
+        finally:
+            env.auth = saved[0]
+            if isinstance(env, EmbeddedSentinel):
+                env.sentinel_auth = saved[1]
+
+    def add_user(self, user: str, password: str, rules: Iterable[str], *, on_sentinels: bool = False) -> None:
+        """ACL user ``user`` on every data node (and on the sentinels, with SENTINEL_ACL_RULES)."""
+        for node in self.data_nodes():
+            with node.client() as c:
+                set_acl_user(c, user, password, rules)
+        if on_sentinels and isinstance(self.env, EmbeddedSentinel):
+            for s in self.env.sentinels:
+                with s.client() as c:
+                    set_acl_user(c, user, password, SENTINEL_ACL_RULES)
+
+    def delete_user(self, user: str) -> None:
+        nodes = self.data_nodes() + (self.env.sentinels if isinstance(self.env, EmbeddedSentinel) else [])
+        for node in nodes:
+            if node.alive:
+                with node.client() as c:
+                    c.execute_command("ACL", "DELUSER", user)
 
     @property
     def server(self) -> EmbeddedServer:
@@ -174,14 +207,9 @@ def start(name: str) -> Target:
 
 def add_acl_users(target: Target) -> None:
     """The restricted user on every data node (and on the sentinels); ``url`` then carries it."""
-    for node in target.data_nodes():
-        with node.client() as c:
-            set_acl_user(c, ACL_USER, ACL_PASSWORD, ACL_TEST_RULES)
+    target.add_user(ACL_USER, ACL_PASSWORD, ACL_TEST_RULES, on_sentinels=True)
     target.env.auth = (ACL_USER, ACL_PASSWORD)
     if isinstance(target.env, EmbeddedSentinel):
-        for s in target.env.sentinels:
-            with s.client() as c:
-                set_acl_user(c, ACL_USER, ACL_PASSWORD, SENTINEL_ACL_RULES)
         target.env.sentinel_auth = (ACL_USER, ACL_PASSWORD)
 
 
