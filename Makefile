@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test check lint types demo bench chaos mutants clean
+.PHONY: test test-ha test-acl check lint types demo bench chaos mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,17 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The topology combinations beyond `make test`'s subset: contract, lease, race, zombie, fleet e2e,
+# CLI and replication tests on Cluster, Sentinel and TLS (docs/topologies.md).
+test-ha: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m ha $(PYTEST_ARGS)
+
+# `make test`'s selection (without the chaos scenarios, which start their own servers) with every
+# fixture handing out URLs of a user restricted to burr_dist's ACL rules; a test fails if the
+# rules refused any command (ACL LOG).
+test-acl: $(STAMP)
+	BURR_DIST_TEST_ACL=1 $(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/chaos $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check burr_dist tests bench examples

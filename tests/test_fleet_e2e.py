@@ -168,7 +168,7 @@ def test_many_apps_over_three_workers_complete_with_contiguous_histories(fleet: 
 
 # 2 ---------------------------------------------------------------------------------------------
 def test_sigkilled_worker_apps_are_taken_over_within_lease_ttl(fleet: Fleet) -> None:
-    target = 12
+    target = 20  # 6 s of steps: worker B (a new process) starts well before they end, even under load
     apps = [f"slow-{i}" for i in range(4)]
     a = fleet.spawn(registry_module=SUPPORT, concurrency=4)
     fleet.fc.enqueue_many(
