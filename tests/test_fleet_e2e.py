@@ -18,6 +18,7 @@ import pytest
 
 from burr_dist import EnqueueRequest, FleetClient
 from burr_dist.errors import AppNotRunnable
+from burr_dist.keys import KeySchema
 from tests.support.fleet import EVENTS_KEY, WorkerProc, events, start_worker, wait_until
 from tests.support.targets import Target
 
@@ -94,7 +95,8 @@ def fleet(target: Target, tmp_path: Path) -> Iterator[Fleet]:
 
 
 def member(app_id: str) -> str:
-    return f"default:{app_id}"
+    """The queue member of an app of the default partition."""
+    return KeySchema().member(None, app_id)
 
 
 def seqs(history: list[dict[str, Any]]) -> list[int]:
@@ -290,7 +292,7 @@ def test_concurrent_duplicate_enqueues_create_one_app_that_runs_once(fleet: Flee
     assert {(r.app_id, r.status) for r in results} == {("dup", "queued")}
     assert len({r.run_at_ms for r in results}) == 1  # everyone saw the one record
     assert [j["app_id"] for j in fleet.fc.ls()] == ["dup"]
-    assert len(list(fleet.client.scan_iter(match="burr:*:job"))) == 1
+    assert len(list(fleet.client.scan_iter(match=fleet.fc.schema.job_pattern()))) == 1
     assert fleet.ready() == [member("dup")]
 
     fleet.spawn(concurrency=4)
