@@ -98,10 +98,15 @@ def server(target: Target) -> EmbeddedServer:
 
 
 @pytest.fixture
-def fleet_server() -> EmbeddedServer:
+def fleet_server() -> Iterator[EmbeddedServer]:
     t = TARGETS.get(f"single-{KINDS[0]}")
     t.flush()
-    return t.server
+    if ACL:
+        t.acl_denials()
+    yield t.server
+    if ACL:
+        denied = t.acl_denials()
+        assert not denied, f"the ACL rules refused burr_dist commands: {denied}"
 
 
 @pytest.fixture

@@ -123,7 +123,8 @@ def assert_counter_history(history: list[dict[str, Any]], target: int, start: in
 def assert_no_step_committed_twice(evs: list[dict[str, Any]]) -> None:
     committed = Counter((e["app_id"], e["seq"]) for e in evs if e["kind"] == "step_committed")
     twice = {k: v for k, v in committed.items() if v > 1}
-    assert not twice, f"steps committed more than once: {twice}"
+    detail = [e for e in evs if e["kind"] == "step_committed" and (e["app_id"], e["seq"]) in twice]
+    assert not twice, f"steps committed more than once: {twice}: {detail}"
 
 
 # 1 ---------------------------------------------------------------------------------------------
