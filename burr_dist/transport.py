@@ -123,7 +123,7 @@ class BatchCore:
                 self.pending.update(idx)
             elif int(wait) < self.durability.replicas:
                 raise NotDurable(
-                    f"WAIT on {node} confirmed {int(wait)} of {self.durability.replicas} replicas "
+                    f"WAIT on {node or 'the master'} confirmed {int(wait)} of {self.durability.replicas} replicas "
                     f"within {self.durability.timeout_ms} ms for {', '.join(sorted({self.cmds[i].name for i in idx}))}: "
                     "the writes may be lost if this master fails now",
                     node=node, acked=int(wait), wanted=self.durability.replicas,
@@ -149,6 +149,19 @@ class _Retry:
         if self.attempt >= self.policy.attempts or time.monotonic() >= self.give_up:
             return None
         return random.uniform(0, min(self.policy.maximum, self.policy.initial * 2**self.attempt))
+
+
+# Transient replies that mean "not now" from the right node: the slot map did not change, so the
+# transport resends without asking the cluster again (a refresh costs round trips, and redis-py
+# may ask an unresponsive node first and wait socket_timeout for it).
+_SAME_TOPOLOGY = ("NOREPLICAS", "TRYAGAIN", "LOADING", "MASTERDOWN")
+
+
+def topology_may_have_changed(error: BaseException | None) -> bool:
+    """False for errors after which the same node will serve the retry."""
+    if isinstance(error, (redis.exceptions.TryAgainError, redis.exceptions.BusyLoadingError)):
+        return False
+    return not (isinstance(error, redis.ResponseError) and str(error).startswith(_SAME_TOPOLOGY))
 
 
 def _unavailable(batch: BatchCore, error: BaseException | None) -> RedisUnavailable:
@@ -201,7 +214,8 @@ class Transport:
                 if wait is None:
                     raise _unavailable(batch, batch.error)
                 time.sleep(wait)
-                self.refresh()
+                if topology_may_have_changed(batch.error):
+                    self.refresh()
         return batch.replies
 
     def _send(self, batch: BatchCore, pool: Any, idx: list[int], node: str) -> None:
@@ -319,7 +333,8 @@ class AsyncTransport:
                 if wait is None:
                     raise _unavailable(batch, batch.error)
                 await asyncio.sleep(wait)
-                await self.refresh()
+                if topology_may_have_changed(batch.error):
+                    await self.refresh()
         return batch.replies
 
     async def _send(self, batch: BatchCore, pool: Any, idx: list[int], node: str) -> None:
