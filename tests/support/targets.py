@@ -38,12 +38,12 @@ Env = EmbeddedServer | EmbeddedCluster | EmbeddedSentinel
 TOPOLOGIES = ("single", "cluster", "sentinel", "tls-single", "tls-cluster", "tls-sentinel")
 
 # BURR_DIST_TEST_ACL=1: every target (and the ``server`` fixture) hands out URLs of a user limited
-# to burr_dist's published ACL rules, for the prefixes the tests use, plus ``test:*`` for the test
-# harness's own keys (event lists, gates). The sentinels get a user with SENTINEL_ACL_RULES.
+# to burr_dist's published ACL rules, for the prefixes the tests use, plus ``test:*`` keys for
+# the test harness (RPUSH events, INCRBY gates). The sentinels get a user with SENTINEL_ACL_RULES.
 ACL = os.environ.get("BURR_DIST_TEST_ACL") == "1"
 ACL_USER = "burr-test-user"
 ACL_PASSWORD = f"acl-{secrets.token_hex(8)}"
-ACL_TEST_RULES = (*acl_rules("burr", "other"), "~test:*")
+ACL_TEST_RULES = (*acl_rules("burr", "other"), "~test:*", "+rpush", "+incrby")  # harness: events, gates
 
 
 def acl_denials(nodes: list[EmbeddedServer], user: str = ACL_USER) -> list[str]:
