@@ -29,7 +29,7 @@ from tests.conftest import KINDS
 from tests.support.targets import ACL, Target, add_acl_users
 
 PK = "user-1"
-WAIT_MS = 300
+WAIT_MS = 500
 T = TypeVar("T")
 
 
@@ -237,6 +237,7 @@ def test_noreplicas_is_transient_until_the_deadline(guarded: Replicated, wait_re
     url = guarded.target.url_with(wait_replicas=wait_replicas, wait_timeout_ms=WAIT_MS)
     store = RedisStore.from_url(url, **config)
     assert isinstance(store.config, StoreConfig) and store.config.wait_replicas == wait_replicas
+    replicating(store)
     lease = Lease(store, PK, "a1", ttl=30).acquire(auto_renew=False)
     commit = store.commit_call(
         PK, "a1", 0, "inc", "completed", b'{"w":"0123456789abcdef"}', "0123456789abcdef", lease.token
