@@ -19,7 +19,7 @@ OLDEST_TESTS := tests/test_persister_contract.py tests/test_lease.py tests/test_
 	tests/test_pipeline_retry.py tests/test_claims.py tests/test_argument_order.py tests/test_cli.py \
 	tests/test_fleet_e2e.py
 
-.PHONY: test test-oldest test-ha check lint types demo bench bench-env bench-fleet chaos chaos-ha mutants clean
+.PHONY: test test-oldest test-ha test-acl check lint types demo bench bench-env bench-fleet chaos chaos-ha mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,17 @@ $(OLDEST_STAMP): pyproject.toml
 test-oldest: $(OLDEST_STAMP)
 	$(OLDEST_VENV)/bin/python -c 'import redis; print("redis-py", redis.__version__)'
 	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(OLDEST_TESTS) $(PYTEST_ARGS)
+
+# The topology combinations beyond `make test`'s subset: contract, lease, race, zombie, fleet e2e,
+# CLI and replication tests on Cluster, Sentinel and TLS (docs/topologies.md).
+test-ha: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m ha $(PYTEST_ARGS)
+
+# `make test`'s selection (without the chaos scenarios, which start their own servers) with every
+# fixture handing out URLs of a user restricted to burr_dist's ACL rules; a test fails if the
+# rules refused any command (ACL LOG).
+test-acl: $(STAMP)
+	BURR_DIST_TEST_ACL=1 $(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/chaos $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check burr_dist tests bench examples
@@ -73,10 +84,6 @@ bench-fleet: $(STAMP) $(BENCH_STAMP)
 
 chaos: $(STAMP)
 	CHAOS_SIZE=large $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos -m chaos
-
-# Everything that needs replicated topologies (Sentinel, Cluster with replicas), small size.
-test-ha: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m ha $(PYTEST_ARGS)
 
 # The failover scenarios alone at full size, with their table.
 chaos-ha: $(STAMP)

@@ -37,6 +37,13 @@ LOOPBACK = "127.0.0.1"
 FAST_REPLICATION = ["--repl-diskless-sync-delay", "0", "--shutdown-on-sigterm", "now"]
 
 
+def userinfo(auth: tuple[str, str] | None) -> str:
+    """``user:password@`` (percent-encoded) for a URL, or "" without credentials."""
+    if auth is None:
+        return ""
+    return f"{quote(auth[0], safe='')}:{quote(auth[1], safe='')}@"
+
+
 def find_server_binary(prefer: str = "auto") -> str:
     """``prefer``: "auto" (redis-server, else valkey), "redis" or "valkey"."""
     if prefer in ("auto", "redis"):
@@ -202,12 +209,15 @@ class EmbeddedServer:
         self.tls = tls
         self.tls_auth_clients = tls_auth_clients
         self.proc: subprocess.Popen[bytes] | None = None
+        # (username, password) that ``url`` carries, e.g. an ACL user made by create_acl_user;
+        # client() stays the default user.
+        self.auth: tuple[str, str] | None = None
 
     @property
     def url(self) -> str:
         if self.tls:
-            return f"rediss://127.0.0.1:{self.port}/0?{self.tls.query()}"
-        return f"redis://127.0.0.1:{self.port}/0"
+            return f"rediss://{userinfo(self.auth)}127.0.0.1:{self.port}/0?{self.tls.query()}"
+        return f"redis://{userinfo(self.auth)}127.0.0.1:{self.port}/0"
 
     @property
     def alive(self) -> bool:

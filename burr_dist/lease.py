@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from burr.core.persistence import PersistedStateData
 
-from burr_dist.errors import AppNotRunnable, ConfigurationError, LeaseLost, LeaseNotHeld, RedisUnavailable
+from burr_dist.errors import (
+    AppNotRunnable,
+    ConfigurationError,
+    LeaseLost,
+    LeaseNotHeld,
+    NotDurable,
+    RedisUnavailable,
+)
 from burr_dist.keys import check_id
 from burr_dist.store import AsyncRedisStore, Call, Held, NotRunnable, RedisStore, StoreCore
 
@@ -90,6 +97,11 @@ class LeaseCore:
         self.head_fresh = True
         self.deadline = sent_at + self.ttl
         log.debug("leased %s/%s fence=%s", self.partition_key, self.app_id, self.fence)
+
+    def on_not_durable(self, error: NotDurable) -> None:
+        """A renewal WAIT did not confirm: a failover could bring back an older lease state (an
+        expired one another worker may take), so this lease counts as lost."""
+        self.mark_lost(f"renewal not confirmed by replicas: {error}")
 
     def on_renew(self, ok: Any, sent_at: float) -> None:
         if int(ok) == 1:
@@ -170,14 +182,19 @@ class Lease(LeaseCore):
         self.check()
         sent = time.monotonic()
         call = self.store.renew_call(self.partition_key, self.app_id, self.token, self.ttl_ms)
-        self.on_renew(self.store.run(call, before_try=self.check), sent)
+        try:
+            ok = self.store.run(call, before_try=self.check)
+        except NotDurable as e:
+            self.on_not_durable(e)
+            raise
+        self.on_renew(ok, sent)
         self.check()
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.renew_every):
             try:
                 self.renew()
-            except (LeaseLost, LeaseNotHeld):
+            except (LeaseLost, LeaseNotHeld, NotDurable):
                 return
             except (RedisUnavailable, Exception) as e:  # keep trying until the local deadline passes
                 log.warning("renewing lease on %s failed: %s", self.app_id, e)
@@ -259,7 +276,11 @@ class AsyncLease(LeaseCore):
         self.check()
         sent = time.monotonic()
         call = self.store.renew_call(self.partition_key, self.app_id, self.token, self.ttl_ms)
-        ok = await self.store.run(call, before_try=self.check)
+        try:
+            ok = await self.store.run(call, before_try=self.check)
+        except NotDurable as e:
+            self.on_not_durable(e)
+            raise
         self.on_renew(ok, sent)
         self.check()
 
@@ -268,7 +289,7 @@ class AsyncLease(LeaseCore):
             await asyncio.sleep(self.renew_every)
             try:
                 await self.renew()
-            except (LeaseLost, LeaseNotHeld):
+            except (LeaseLost, LeaseNotHeld, NotDurable):
                 return
             except Exception as e:
                 log.warning("renewing lease on %s failed: %s", self.app_id, e)

@@ -14,7 +14,7 @@ from burr.core.persistence import AsyncBaseStatePersister, BaseStatePersister, P
 from burr.core.state import State
 
 from burr_dist import codec
-from burr_dist.errors import LeaseLost, SequenceConflict, StoreRewound
+from burr_dist.errors import LeaseLost, NotDurable, SequenceConflict, StoreRewound
 from burr_dist.lease import LeaseCore
 from burr_dist.store import AsyncRedisStore, Call, Committed, RedisStore, Settle, StoreCore
 
@@ -103,6 +103,11 @@ class PersisterCore:
         )
         if by_redis and isinstance(error, LeaseLost) and self.lease is not None:
             self.lease.mark_lost(f"Redis refused a commit: {error}")  # stop sending doomed saves
+        if isinstance(error, NotDurable) and self.lease is not None:
+            # Applied on the master but not confirmed by its replicas: a failover now could undo
+            # it (and the lease with it). Nothing further may run on this lease; the same commit
+            # sent again later is recognised by its write id.
+            self.lease.mark_lost(f"commit not confirmed by replicas: {error}")
         # Refused by the script on the only send: certainly not applied. After a retry the first
         # send may have landed before the lease changed hands; anything else (no reply) may have.
         self._record("failed" if by_redis and self._tries <= 1 else "unknown")

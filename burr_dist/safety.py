@@ -72,7 +72,11 @@ async def check_replicas(primaries: list[aioredis.Redis], wanted: int) -> list[s
 
 
 def _name(client: aioredis.Redis) -> str:
-    kw = client.connection_pool.connection_kwargs
+    pool = client.connection_pool
+    service = getattr(pool, "service_name", None)
+    if service is not None:  # a Sentinel-managed pool: the master's address may change
+        return f"the master of Sentinel service {service!r}"
+    kw = pool.connection_kwargs
     return str(kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}")
 
 

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import redis
 
@@ -23,6 +24,7 @@ from burr_dist.embedded import (
     EmbeddedServer,
     TLSFiles,
     find_server_binary,
+    userinfo,
     wait_for,
 )
 
@@ -86,6 +88,10 @@ class EmbeddedSentinel:
         self.binary = binary or find_server_binary()
         self.service = service
         self.tls = tls
+        # Credentials ``url`` carries: for the data servers (user:password@) and for the
+        # sentinels (sentinel_username / sentinel_password options).
+        self.auth: tuple[str, str] | None = None
+        self.sentinel_auth: tuple[str, str] | None = None
         self.dir = tempfile.mkdtemp(prefix="burr-dist-sentinel-")
         repl = FAST_REPLICATION + (["--tls-replication", "yes"] if tls else [])
         self.master_server = EmbeddedServer(
@@ -131,10 +137,13 @@ class EmbeddedSentinel:
 
     @property
     def url(self) -> str:
-        hosts = ",".join(f"{h}:{p}" for h, p in self.seeds)
-        if self.tls:
-            return f"rediss+sentinel://{hosts}/{self.service}?{self.tls.query()}"
-        return f"redis+sentinel://{hosts}/{self.service}"
+        hosts = userinfo(self.auth) + ",".join(f"{h}:{p}" for h, p in self.seeds)
+        query = [self.tls.query()] if self.tls else []
+        if self.sentinel_auth is not None:
+            user, password = (quote(x, safe="") for x in self.sentinel_auth)
+            query.append(f"sentinel_username={user}&sentinel_password={password}")
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        return f"{scheme}://{hosts}/{self.service}" + (f"?{'&'.join(query)}" if query else "")
 
     def client(self, **kwargs: Any) -> redis.Redis:
         """A redis-py client to the master the sentinels name (re-resolved on reconnect)."""

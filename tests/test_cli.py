@@ -1,5 +1,6 @@
-"""The ``burr-dist`` command line against a real server: exit codes, --json output, bad input that
-must change nothing, an unreachable server, and a real worker process started through the CLI."""
+"""The ``burr-dist`` command line against a real server (every topology, on the first server kind):
+exit codes, --json output, bad input that must change nothing, an unreachable server, and a real
+worker process started through the CLI."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import redis
 from click.testing import CliRunner, Result
 
 from burr_dist.cli import main
-from burr_dist.embedded import EmbeddedServer, free_port
+from burr_dist.embedded import free_port
+from tests.support.targets import Target
 
+pytestmark = pytest.mark.topologies(kinds=1)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -43,13 +46,18 @@ def assert_error(result: Result, code: int, *fragments: str) -> None:
     assert "Traceback" not in result.output
 
 
-def dump(url: str) -> dict[bytes, Any]:
-    """Everything stored, to show that a failed command changed nothing (but the worker registry and
-    the store epochs, which a live worker's heartbeats change)."""
-    c = redis.Redis.from_url(url)
+def heartbeat_key(key: bytes) -> bool:
+    """Keys a running worker rewrites on every heartbeat: its registry entry and store epochs."""
+    return key.startswith(b"burr:{fleet}:worker") or key.endswith(b":epoch")
+
+
+def dump(target: Target, *, skip: Callable[[bytes], bool] = lambda key: False) -> dict[bytes, Any]:
+    """Everything stored (on every primary) but the ``skip`` keys, to show that a failed command
+    changed nothing."""
+    c = target.client()
     out: dict[bytes, Any] = {}
     for key in c.scan_iter(match="*"):
-        if b"{fleet}" in key or key.endswith(b":epoch"):
+        if skip(key):
             continue
         kind = c.type(key)
         if kind == b"hash":
@@ -90,8 +98,8 @@ def test_help_documents_exit_codes() -> None:
         assert command in result.stdout
 
 
-def test_enqueue_reports_created_then_existing(fleet_server: EmbeddedServer) -> None:
-    url = fleet_server.url
+def test_enqueue_reports_created_then_existing(target: Target) -> None:
+    url = target.url
     first = ok(url, "enqueue", "counter", "--app-id", "c1", "--state", '{"target": 3}')
     assert first == {"app_id": "c1", "partition_key": "default", "created": True, "status": "queued",
                      "run_at_ms": first["run_at_ms"], "queue": "default"}  # fmt: skip
@@ -103,8 +111,8 @@ def test_enqueue_reports_created_then_existing(fleet_server: EmbeddedServer) -> 
     assert ok(url, "status")["apps"]["queued"] == 2
 
 
-def test_enqueue_options_reach_the_record(fleet_server: EmbeddedServer) -> None:
-    url = fleet_server.url
+def test_enqueue_options_reach_the_record(target: Target) -> None:
+    url = target.url
     res = ok(url, "enqueue", "approval", "--module", "examples.apps", "--app-id", "a1", "-p", "tenant-1",
              "--state", '{"topic": "x"}', "--inputs", '{"k": 1}', "--entrypoint", "outline",
              "--delay", "60", "--queue", "slow")  # fmt: skip
@@ -125,8 +133,8 @@ def test_enqueue_options_reach_the_record(fleet_server: EmbeddedServer) -> None:
     assert ok(url, "ls", "-p", "other") == []
 
 
-def test_bulk_enqueue_in_chunks(fleet_server: EmbeddedServer) -> None:
-    url = fleet_server.url
+def test_bulk_enqueue_in_chunks(target: Target) -> None:
+    url = target.url
     res = ok(url, "enqueue", "counter", "--count", "1201", "--state", '{"target": 1}')
     assert res["count"] == res["created"] == 1201 and len(set(res["app_ids"])) == 1201
     overview = ok(url, "status")
@@ -137,8 +145,8 @@ def test_bulk_enqueue_in_chunks(fleet_server: EmbeddedServer) -> None:
     assert conflict.exit_code == 2 and "--count" in conflict.stderr
 
 
-def test_cancel_retry_and_listing(fleet_server: EmbeddedServer) -> None:
-    url = fleet_server.url
+def test_cancel_retry_and_listing(target: Target) -> None:
+    url = target.url
     ok(url, "enqueue", "counter", "--app-id", "k1", "--delay", "30")
     ok(url, "enqueue", "counter", "--app-id", "k2", "--delay", "30")
     assert ok(url, "cancel", "k1") == {"app_id": "k1", "partition_key": "default", "status": "cancelled"}
@@ -158,16 +166,16 @@ def test_cancel_retry_and_listing(fleet_server: EmbeddedServer) -> None:
         assert result.exit_code == 0 and expected in result.stdout, (args, result.stdout)
 
 
-def test_env_vars_and_json_after_the_command(fleet_server: EmbeddedServer) -> None:
-    env = {"REDIS_URL": fleet_server.url, "BURR_DIST_PREFIX": "other"}
+def test_env_vars_and_json_after_the_command(target: Target) -> None:
+    env = {"REDIS_URL": target.url, "BURR_DIST_PREFIX": "other"}
     result = CliRunner(env=env).invoke(main, ["enqueue", "counter", "--app-id", "e1", "--json"])
     assert result.exit_code == 0 and orjson.loads(result.stdout)["created"] is True
-    assert ok(fleet_server.url, "ls") == []  # prefix "burr" does not see prefix "other"
-    assert [j["app_id"] for j in ok(fleet_server.url, "--prefix", "other", "ls")] == ["e1"]
+    assert ok(target.url, "ls") == []  # prefix "burr" does not see prefix "other"
+    assert [j["app_id"] for j in ok(target.url, "--prefix", "other", "ls")] == ["e1"]
 
 
-def test_json_error_document(fleet_server: EmbeddedServer) -> None:
-    result = run(fleet_server.url, "--json", "show", "ghost")
+def test_json_error_document(target: Target) -> None:
+    result = run(target.url, "--json", "show", "ghost")
     assert_error(result, 3, "no app 'ghost'")
     assert orjson.loads(result.stdout)["error"] == {
         "type": "AppNotFound", "message": "no app 'ghost' in partition 'default'", "exit_code": 3,
@@ -216,25 +224,25 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("args,code,fragment", BAD_INPUTS, ids=[" ".join(a[0])[:60] for a in BAD_INPUTS])
 def test_bad_input_fails_cleanly_and_changes_nothing(
-    fleet_server: EmbeddedServer,
+    target: Target,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     args: list[str],
     code: int,
     fragment: str,
 ) -> None:
-    url = fleet_server.url
+    url = target.url
     ok(url, "enqueue", "counter", "--app-id", "existing", "--state", '{"target": 2}')
     (tmp_path / "broken_app_module.py").write_text("raise RuntimeError('boom at import')\n")
     monkeypatch.chdir(tmp_path)  # the CLI makes the working directory importable
     monkeypatch.syspath_prepend(str(ROOT))  # examples.apps stays importable
-    before = dump(url)
+    before = dump(target)
     result = run(url, *args)
     if code == 2:
         assert result.exit_code == 2 and "Traceback" not in result.output
     else:
         assert_error(result, code, fragment)
-    assert dump(url) == before
+    assert dump(target) == before
     assert ok(url, "show", "existing")["state"] == {"target": 2}
 
 
@@ -310,8 +318,8 @@ def wait_for(
         time.sleep(0.1)
 
 
-def test_worker_process_runs_apps_and_stops_on_sigterm(fleet_server: EmbeddedServer, tmp_path: Path) -> None:
-    url = fleet_server.url
+def test_worker_process_runs_apps_and_stops_on_sigterm(target: Target, tmp_path: Path) -> None:
+    url = target.url
     env = {k: v for k, v in os.environ.items() if k != "BURR_DIST_PREFIX"} | {"REDIS_URL": url}
     log, stdout = tmp_path / "worker.log", tmp_path / "worker.json"
     with open(log, "wb") as err, open(stdout, "wb") as out:
@@ -336,10 +344,10 @@ def test_worker_process_runs_apps_and_stops_on_sigterm(fleet_server: EmbeddedSer
         assert "state" not in ok(url, "history", "c0")[0]
         assert ok(url, "show", "a1")["waiting_for"] == "human_review"
 
-        before = dump(url)
+        before = dump(target, skip=heartbeat_key)
         assert_error(run(url, "resume", "c0", "--inputs", "{}"), 4, "it is completed")
         assert_error(run(url, "fork", "c0", "--at", "9"), 3, "no snapshot 9", "retained sequences are 0..3")
-        assert dump(url) == before  # refused operations changed nothing
+        assert dump(target, skip=heartbeat_key) == before  # refused operations changed nothing
 
         forked = ok(url, "fork", "c0", "--at", "1", "--app-id", "c0-fork")
         assert forked["created"] and forked["forked_from"] == {"app_id": "c0", "sequence_id": 1}

@@ -8,22 +8,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
-import redis
+import pytest
 
-from burr_dist.embedded import EmbeddedServer
 from burr_dist.keys import KeySchema
+from tests.support.targets import Target
 
+pytestmark = pytest.mark.topologies(default=("cluster",))
 ROOT = Path(__file__).resolve().parent.parent
 PROCS = 8
 TARGET = 200
 PK, APP = "race", "counter"
 
 
-def test_racing_processes_commit_each_step_exactly_once(
-    server: EmbeddedServer, client: redis.Redis, tmp_path: Path
-) -> None:
+def test_racing_processes_commit_each_step_exactly_once(target: Target, client: Any, tmp_path: Path) -> None:
     go = tmp_path / "go"
     procs = []
     for i in range(PROCS):
@@ -34,7 +34,7 @@ def test_racing_processes_commit_each_step_exactly_once(
                     "-m",
                     "tests.support.workers",
                     "race",
-                    server.url,
+                    target.url,
                     PK,
                     APP,
                     str(TARGET),

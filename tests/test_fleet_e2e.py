@@ -1,5 +1,6 @@
-"""End-to-end tests of the worker fleet: real Redis, real worker processes (SIGKILL = crash,
-SIGTERM = graceful stop), apps from examples.apps and tests.support.fleet."""
+"""End-to-end tests of the worker fleet: real Redis (every topology, on the first server kind),
+real worker processes (SIGKILL = crash, SIGTERM = graceful stop), apps from examples.apps and
+tests.support.fleet."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from burr_dist import EnqueueRequest, FleetClient
 from burr_dist.errors import AppNotRunnable
+from burr_dist.keys import KeySchema
 from tests.support.fleet import EVENTS_KEY, WorkerProc, events, start_worker, wait_until
+from tests.support.targets import Target
+
+pytestmark = pytest.mark.topologies(kinds=1)
 
 SUPPORT = "tests.support.fleet"
 TTL = 1.5
@@ -26,13 +30,14 @@ SWEEP = 0.3
 
 
 class Fleet:
-    """One test's Redis plus the worker processes it started (all SIGKILLed at teardown)."""
+    """One test's Redis plus the worker processes it started (all SIGKILLed at teardown).
+    ``client`` is an admin client of any topology (keys are inspected through KeySchema)."""
 
-    def __init__(self, url: str, log_dir: Path) -> None:
-        self.url = url
+    def __init__(self, target: Target, log_dir: Path) -> None:
+        self.url = target.url
         self.log_dir = log_dir
-        self.client = redis.Redis.from_url(url)
-        self.fc = FleetClient.from_url(url)
+        self.client = target.client()
+        self.fc = FleetClient.from_url(self.url)
         self.workers: list[WorkerProc] = []
 
     def spawn(self, **kw: Any) -> WorkerProc:
@@ -83,14 +88,15 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(fleet_server, tmp_path: Path) -> Iterator[Fleet]:  # type: ignore[no-untyped-def]
-    f = Fleet(fleet_server.url, tmp_path)
+def fleet(target: Target, tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(target, tmp_path)
     yield f
     f.close()
 
 
 def member(app_id: str) -> str:
-    return f"default:{app_id}"
+    """The queue member of an app of the default partition."""
+    return KeySchema().member(None, app_id)
 
 
 def seqs(history: list[dict[str, Any]]) -> list[int]:
@@ -117,10 +123,12 @@ def assert_counter_history(history: list[dict[str, Any]], target: int, start: in
 def assert_no_step_committed_twice(evs: list[dict[str, Any]]) -> None:
     committed = Counter((e["app_id"], e["seq"]) for e in evs if e["kind"] == "step_committed")
     twice = {k: v for k, v in committed.items() if v > 1}
-    assert not twice, f"steps committed more than once: {twice}"
+    detail = [e for e in evs if e["kind"] == "step_committed" and (e["app_id"], e["seq"]) in twice]
+    assert not twice, f"steps committed more than once: {twice}: {detail}"
 
 
 # 1 ---------------------------------------------------------------------------------------------
+@pytest.mark.topologies(kinds=1, default=("cluster",))
 def test_many_apps_over_three_workers_complete_with_contiguous_histories(fleet: Fleet) -> None:
     workers = [fleet.spawn(max_steps_per_claim=5, concurrency=8) for _ in range(3)]
     rng = random.Random(1234)
@@ -163,7 +171,7 @@ def test_many_apps_over_three_workers_complete_with_contiguous_histories(fleet: 
 
 # 2 ---------------------------------------------------------------------------------------------
 def test_sigkilled_worker_apps_are_taken_over_within_lease_ttl(fleet: Fleet) -> None:
-    target = 12
+    target = 20  # 6 s of steps: worker B (a new process) starts well before they end, even under load
     apps = [f"slow-{i}" for i in range(4)]
     a = fleet.spawn(registry_module=SUPPORT, concurrency=4)
     fleet.fc.enqueue_many(
@@ -285,7 +293,7 @@ def test_concurrent_duplicate_enqueues_create_one_app_that_runs_once(fleet: Flee
     assert {(r.app_id, r.status) for r in results} == {("dup", "queued")}
     assert len({r.run_at_ms for r in results}) == 1  # everyone saw the one record
     assert [j["app_id"] for j in fleet.fc.ls()] == ["dup"]
-    assert len(list(fleet.client.scan_iter(match="burr:*:job"))) == 1
+    assert len(list(fleet.client.scan_iter(match=fleet.fc.schema.job_pattern()))) == 1
     assert fleet.ready() == [member("dup")]
 
     fleet.spawn(concurrency=4)

@@ -22,6 +22,7 @@ from burr_dist import (
 )
 from burr_dist.keys import KeySchema
 
+pytestmark = pytest.mark.topologies()
 PK = "user-1"
 KEYS = KeySchema("burr")
 

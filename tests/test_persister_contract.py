@@ -1,5 +1,5 @@
 """Burr's persister contract, for RedisPersister (build/step) and AsyncRedisPersister
-(abuild/astep), on a real server (Redis and Valkey)."""
+(abuild/astep), on every topology (single server, Cluster, Sentinel, TLS; Redis and Valkey)."""
 
 from __future__ import annotations
 
@@ -19,17 +19,18 @@ from burr_dist import (
     SerializationError,
     SnapshotNotFound,
 )
-from burr_dist.embedded import EmbeddedServer
 from burr_dist.keys import KeySchema
 from tests.support.apps import Driver, Flaky
+from tests.support.targets import Target
 
+pytestmark = pytest.mark.topologies(default=("cluster", "sentinel"))
 PK = "user-1"
 KEYS = KeySchema("burr")
 
 
 @pytest.fixture(params=["sync", "async"])
-def d(request: pytest.FixtureRequest, server: EmbeddedServer) -> Iterator[Driver]:
-    drv = Driver(server.url, request.param == "async")
+def d(request: pytest.FixtureRequest, target: Target) -> Iterator[Driver]:
+    drv = Driver(target.url, request.param == "async")
     yield drv
     drv.close()
 
@@ -40,7 +41,7 @@ def snaps_of(client: redis.Redis, pk: str | None, app_id: str) -> dict[int, dict
 
 
 def dump_keys(client: redis.Redis) -> dict[bytes, object]:
-    """Every key with its full content, to prove that nothing was written."""
+    """Every key with its full content (on every primary), to prove that nothing was written."""
     out: dict[bytes, object] = {}
     for key in client.scan_iter(match="*"):
         kind = client.type(key)

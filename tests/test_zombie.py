@@ -10,15 +10,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-import redis
 from burr.core import State
 
 from burr_dist import Lease, RedisStore
-from burr_dist.embedded import EmbeddedServer
 from burr_dist.keys import KeySchema
+from tests.support.targets import Target
 from tests.support.workers import EXIT_LEASE_LOST
+
+pytestmark = pytest.mark.topologies()
 
 ROOT = Path(__file__).resolve().parent.parent
 PK, APP = "user-1", "chat"
@@ -36,9 +38,9 @@ def wait_file(path: Path, proc: subprocess.Popen, timeout: float = 20.0) -> None
 
 @pytest.mark.parametrize("mode", ["plain", "stale"])
 def test_paused_lease_holder_is_fenced_out(
-    server: EmbeddedServer,
+    target: Target,
     store: RedisStore,
-    client: redis.Redis,
+    client: Any,
     tmp_path: Path,
     mode: str,
 ) -> None:
@@ -48,7 +50,7 @@ def test_paused_lease_holder_is_fenced_out(
             "-m",
             "tests.support.workers",
             "zombie",
-            server.url,
+            target.url,
             PK,
             APP,
             str(TTL),

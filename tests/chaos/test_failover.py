@@ -35,7 +35,7 @@ from burr_dist.transport import slot_of
 from tests.chaos.harness import LARGE, TIMEOUT, ChaosRun, Report, size, spread
 from tests.conftest import KINDS
 
-pytestmark = [pytest.mark.chaos, pytest.mark.ha]
+pytestmark = [pytest.mark.chaos]
 
 WAIT_TIMEOUT_MS = 500
 
@@ -191,6 +191,7 @@ def sentinel_servers(replicas: int) -> EmbeddedSentinel:
     return EmbeddedSentinel(find_server_binary(KINDS[0]), replicas=replicas)
 
 
+@pytest.mark.ha
 @pytest.mark.ha_long
 def test_sentinel_master_sigkill(tmp_path: Path) -> None:
     """The master SIGKILLed mid-run; a replica is promoted, the other follows it, the old master
@@ -209,6 +210,7 @@ def test_sentinel_master_sigkill(tmp_path: Path) -> None:
     assert_nothing_lost(out, kills)
 
 
+@pytest.mark.ha
 @pytest.mark.ha_long
 @pytest.mark.parametrize(
     ("replicas", "wait"),

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
 from burr.core import ApplicationBuilder, State, action, expr
 
 from burr_dist import FleetClient, Registry, RetryPolicy
 from burr_dist.cli import EXIT_STORE_REWOUND
+from burr_dist.connection import connect
 from burr_dist.errors import StoreRewound
 from burr_dist.registry import AppContext, FleetEvent
 
@@ -66,14 +66,14 @@ def slow(ctx: AppContext) -> ApplicationBuilder:
     )
 
 
-_gate_client: redis.Redis | None = None
+_gate_client: Any = None  # a client of any topology (burr_dist.connection.connect)
 
 
 @action(reads=["gate", "calls"], writes=["calls", "result"])
 def call_gated(state: State) -> State:
     global _gate_client
     if _gate_client is None:
-        _gate_client = redis.Redis.from_url(os.environ["BURR_DIST_TEST_URL"])
+        _gate_client = connect(os.environ["BURR_DIST_TEST_URL"])
     if _gate_client.get(state["gate"]) != b"open":
         raise RuntimeError(f"gate {state['gate']} is closed")
     return state.update(calls=state["calls"] + 1, result="through")
@@ -98,7 +98,7 @@ def gated(ctx: AppContext) -> ApplicationBuilder:
 def _first_run_fails(key: str) -> None:
     global _gate_client
     if _gate_client is None:
-        _gate_client = redis.Redis.from_url(os.environ["BURR_DIST_TEST_URL"])
+        _gate_client = connect(os.environ["BURR_DIST_TEST_URL"])
     if _gate_client.incr(key) == 1:
         raise RuntimeError(f"first run of {key} fails")
 
@@ -233,27 +233,39 @@ def wait_until(
         time.sleep(interval)
 
 
-def events(client: redis.Redis, key: str = EVENTS_KEY) -> list[dict[str, Any]]:
-    return [json.loads(raw) for raw in client.lrange(key, 0, -1)]
+def events(client: Any, key: str = EVENTS_KEY) -> list[dict[str, Any]]:
+    """The recorded events in order, each once: an RPUSH sent again after a lost reply (a retry)
+    is recognised by the event's id, so a duplicate here means the worker emitted it twice."""
+    seen: set[str] = set()
+    out = []
+    for raw in client.lrange(key, 0, -1):
+        doc = json.loads(raw)
+        if doc["id"] not in seen:
+            seen.add(doc["id"])
+            out.append(doc)
+    return out
 
 
 # -- the worker process's entry point ------------------------------------------------------------
 def _install_event_hook(reg: Registry, url: str, key: str) -> None:
-    import redis.asyncio as aioredis
+    """Push every fleet event onto ``key`` through burr_dist's own transport (any topology; redis-py's
+    asyncio Cluster client, used concurrently by many tasks, loses and repeats commands)."""
+    from burr_dist import AsyncRedisStore
+    from burr_dist.transport import Cmd
 
-    clients: dict[int, Any] = {}
+    stores: dict[int, AsyncRedisStore] = {}
 
     async def record(event: FleetEvent) -> None:
         import asyncio
 
         loop_id = id(asyncio.get_running_loop())
-        if loop_id not in clients:
-            clients[loop_id] = aioredis.Redis.from_url(url)
+        if loop_id not in stores:
+            stores[loop_id] = AsyncRedisStore.from_url(url)
         doc = {
-            "kind": event.kind, "app_id": event.app_id, "seq": event.sequence_id, "position": event.position,
-            "worker": event.worker, "error": event.error, "t": time.time(),
+            "id": uuid.uuid4().hex, "kind": event.kind, "app_id": event.app_id, "seq": event.sequence_id,
+            "position": event.position, "worker": event.worker, "error": event.error, "t": time.time(),
         }  # fmt: skip
-        await clients[loop_id].rpush(key, json.dumps(doc))
+        await stores[loop_id].commands([Cmd(key, ("RPUSH", key, json.dumps(doc)))])
 
     reg.on()(record)
 
