@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from burr_dist.cli import main
-from burr_dist.embedded import free_port
+from burr_dist.embedded import EmbeddedServer, free_port
 from tests.support.targets import Target
 
 pytestmark = pytest.mark.topologies(kinds=1)
