@@ -37,7 +37,7 @@ SCRIPT_COMMANDS = (
 CLIENT_COMMANDS = (
     "config|get", "del", "evalsha", "get", "hget", "hgetall", "incr", "pexpire", "ping", "pttl",
     "sadd", "scan", "script|load", "smembers", "time", "wait", "zadd", "zcard", "zrange", "zrem",
-    "zscore",
+    "zscore", "lpush", "ltrim", "blpop",
 )  # fmt: skip
 # What redis-py sends on its own: connection set-up, Cluster discovery and redirects.
 DRIVER_COMMANDS = (

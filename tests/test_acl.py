@@ -111,7 +111,7 @@ def test_a_password_in_the_url_appears_nowhere(target: Target, tmp_path: Path) -
         for bad in (url + ("&" if "?" in url else "?") + "wait_replicas=x", wrong):
             try:
                 store = RedisStore.from_url(bad)
-                store.head_sequence("p", "a")
+                store.head_sequence("a", partition_key="p")
             except BurrDistError as e:
                 outputs.append(f"{e} {e.context!r}")
             except Exception as e:  # redis-py's own errors (e.g. AuthenticationError)

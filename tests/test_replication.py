@@ -185,7 +185,7 @@ def test_unconfirmed_writes_raise_not_durable_lose_the_lease_and_replay(replicat
     assert commit.args[0] == 1  # the step that raised NotDurable
     done: Committed = until_confirmed(lambda: store.read_commit(store.run(commit), PK, "a1", 1))
     assert done.replayed and done.sequence_id == 1  # the master had applied it: recognised by write id
-    assert store.head_sequence(PK, "a1") == 1
+    assert store.head_sequence("a1", partition_key=PK) == 1
     meta = store.keys(PK, "a1").meta
     copies = []
     for replica in replicas:  # the replica of the master that owns the app's slot holds it too
@@ -260,7 +260,7 @@ def test_noreplicas_is_transient_until_the_deadline(guarded: Replicated, wait_re
     # Refused before it ran: sent again once the replica is back, it commits for the first time.
     reply = until_confirmed(lambda: _retry_noreplicas(lambda: store.run(commit)))
     assert int(reply[0]) == 1
-    assert store.head_sequence(PK, "a1") == 0
+    assert store.head_sequence("a1", partition_key=PK) == 0
     store.client.close()
 
 
