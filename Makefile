@@ -42,7 +42,7 @@ test-oldest: $(OLDEST_STAMP)
 	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(OLDEST_TESTS) $(PYTEST_ARGS)
 
 # The topology combinations beyond `make test`'s subset: contract, lease, race, zombie, fleet e2e,
-# CLI and replication tests on Cluster, Sentinel and TLS (docs/topologies.md).
+# CLI and replication tests on Cluster, Sentinel and TLS (README: "Topologies").
 test-ha: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m ha $(PYTEST_ARGS)
 
