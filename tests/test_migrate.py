@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 import redis
 
 from burr_dist import FleetClient, RedisStore
@@ -14,6 +15,7 @@ from burr_dist.embedded import EmbeddedServer
 from burr_dist.keys import encode_id
 from burr_dist.migrate import migrate_v1_layout
 from tests.support.fleet import ROOT
+from tests.support.targets import ACL
 
 
 def write_v1_app(client: redis.Redis, pk: str, app_id: str, status: str, queue: str | None) -> None:
@@ -38,6 +40,9 @@ def write_v1_app(client: redis.Redis, pk: str, app_id: str, status: str, queue: 
         client.zadd(f"burr:q{{{encode_id(queue)}}}:ready", {f"{encode_id(pk)}:{encode_id(app_id)}": 5})
 
 
+@pytest.mark.skipif(
+    ACL, reason="migrate-keys is an admin operation: RENAME and MULTI/EXEC are not in ACL_RULES"
+)
 def test_v1_data_moves_to_the_bucketed_layout_and_keeps_working(fleet_server: EmbeddedServer) -> None:
     client = redis.Redis(port=fleet_server.port)
     write_v1_app(client, "user 1", "chat:1", "queued", "default")

@@ -43,7 +43,13 @@ TOPOLOGIES = ("single", "cluster", "sentinel", "tls-single", "tls-cluster", "tls
 ACL = os.environ.get("BURR_DIST_TEST_ACL") == "1"
 ACL_USER = "burr-test-user"
 ACL_PASSWORD = f"acl-{secrets.token_hex(8)}"
-ACL_TEST_RULES = (*acl_rules("burr", "other"), "~test:*", "+rpush", "+incrby")  # harness: events, gates
+# The demo's prefix too (tests/test_demo.py runs it against the suite's server).
+ACL_TEST_RULES = (
+    *acl_rules("burr", "other", "burrdemo"),
+    "~test:*",
+    "+rpush",
+    "+incrby",
+)  # harness: events, gates
 
 
 def acl_denials(nodes: list[EmbeddedServer], user: str = ACL_USER) -> list[str]:
