@@ -9,7 +9,8 @@ encoded queue name, ``T`` a bucket tag, ``U`` a queue-shard tag, see below)::
     burr:{T}:P:A:job       hash   fleet record: app name, status, attempts, last error, inputs...
     burr:{T}:P:apps        zset   app ids of partition P in bucket T, scored by first commit (ms)
     burr:{T}:counts        hash   status -> number of fleet records in bucket T with that status
-    burr:{T}:sync          int    written before WAIT to confirm a batch (transport.py)
+    burr:{T}:sync          int    written before WAIT to confirm a batch (transport.py); a batch
+                                  sent through ASK writes burr:{T}:sync:<random> instead (PX 10 s)
     burr:{T}:epoch         hash   store epoch of the primary that owns T (safety.py)
     burr:{U}:q:Q:ready     zset   runnable apps of one shard of queue Q ("P:A"), by fair time (ms)
     burr:{U}:q:Q:sched     zset   apps of that shard not due yet (delays, retry backoff), by due time
