@@ -37,6 +37,7 @@ from burr_dist import EnqueueRequest, FleetClient, StoreConfig  # noqa: E402
 from burr_dist.cli import check_redis  # noqa: E402
 from burr_dist.embedded import EmbeddedServer  # noqa: E402
 from burr_dist.errors import AppNotRunnable, BurrDistError  # noqa: E402
+from burr_dist.keys import KeySchema  # noqa: E402
 
 console = Console(soft_wrap=True, highlight=False)
 if not console.is_terminal:
@@ -244,12 +245,17 @@ def verify(fc: FleetClient, total: int, answered: bool) -> str:
     return summary
 
 
+def hint_commands() -> list[str]:
+    """redis-cli commands on approval-0's keys, named by the key schema (buckets: keys.py)."""
+    k = KeySchema(PREFIX).app(PARTITION, "approval-0")
+    return [f"--scan --pattern '{PREFIX}:*'", f"HGETALL {k.job}", f"HGETALL {k.meta}", f"HKEYS {k.snaps}",
+            f"ZRANGE {k.index} 0 -1"]  # fmt: skip
+
+
 def print_hints(url: str, embedded: bool) -> None:
     console.print("\nLook at the keys yourself:")
     host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
-    for cmd in (f"--scan --pattern '{PREFIX}:*'", f"HGETALL {PREFIX}:{{{PARTITION}}}:approval-0:job",
-                f"HGETALL {PREFIX}:{{{PARTITION}}}:approval-0:meta",
-                f"HKEYS {PREFIX}:{{{PARTITION}}}:approval-0:snaps", f"ZRANGE {PREFIX}:{{{PARTITION}}}:apps 0 -1"):  # fmt: skip
+    for cmd in hint_commands():
         console.print(f"  redis-cli -h {host} -p {port} {cmd}", markup=False)
     console.print(
         f"  burr-dist --redis-url {url} --prefix {PREFIX} show approval-0 -p {PARTITION}", markup=False

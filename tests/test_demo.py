@@ -96,3 +96,18 @@ def test_demo_names_the_apps_that_did_not_finish(fleet_server: EmbeddedServer) -
         assert f"demo-worker-{n} (running)" in out  # each worker's state and stderr tail
     last = out.strip().splitlines()[-1]
     assert last.startswith("demo failed: ") and "of 36 apps did not complete within 0.5s" in last, last
+
+
+def test_the_demos_redis_cli_hints_name_keys_that_exist(fleet_server: EmbeddedServer) -> None:
+    """The hints the demo prints come from the key schema: after a run, the key each names holds
+    approval-0's data (they once named the layout of 0.1 and pointed at nothing)."""
+    from examples.demo import hint_commands
+
+    result = run_demo(
+        [sys.executable, "examples/demo.py"], clean_env(REDIS_URL=fleet_server.url), timeout=120
+    )
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-2000:])
+    client = fleet_server.client()
+    keys = [cmd.split()[1] for cmd in hint_commands() if not cmd.startswith("--scan")]
+    assert [k for k in keys if not client.exists(k)] == []
+    assert all(k in result.stdout for k in keys)
