@@ -108,6 +108,11 @@ def check_id(kind: str, value: object) -> str:
     return value
 
 
+def sync_key(prefix: str, tag: str) -> str:
+    """The key a confirmed batch writes before WAIT, in the slot of hash tag ``tag``."""
+    return f"{prefix}:{{{tag}}}:sync"
+
+
 @cache
 def spread_tags(count: int, lead: str = "") -> tuple[str, ...]:
     """``count`` hash tags, the ``i``-th hashing into the ``i``-th equal range of Cluster slots.

@@ -43,6 +43,7 @@ from redis.crc import key_slot
 
 from burr_dist.connection import RetryPolicy, is_transient
 from burr_dist.errors import NotDurable, RedisUnavailable
+from burr_dist.keys import sync_key
 from burr_dist.scripts import LuaScript
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,11 @@ class Durability:
         """The commands that confirm a node's part of a batch (none when not asked to)."""
         if self.replicas <= 0 or not cmds:
             return []
-        sync_key = f"{self.prefix}:{{{hash_tag(cmds[0].key)}}}:sync"
+        sync = sync_key(self.prefix, hash_tag(cmds[0].key))
         wait = ("WAIT", self.replicas, self.timeout_ms)
         if asking:  # see the module's docstring
-            return [("ASKING",), ("SET", f"{sync_key}:{os.urandom(8).hex()}", "1", "PX", 10_000), wait]
-        return [("INCR", sync_key), wait]
+            return [("ASKING",), ("SET", f"{sync}:{os.urandom(8).hex()}", "1", "PX", 10_000), wait]
+        return [("INCR", sync), wait]
 
 
 # How many times in a row one batch follows ASK redirections without a backoff.
