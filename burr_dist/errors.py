@@ -36,6 +36,19 @@ class SequenceConflict(StoreError):
     actual: int | None
 
 
+class BaseMoved(StoreError):
+    """A delta commit was refused because the stored head is not the step it was computed from
+    (another writer committed that sequence). The persisters answer it by sending a full keyframe;
+    it reaches callers only of the raw store."""
+
+    def __init__(self, **context: Any) -> None:
+        super().__init__(
+            f"delta commit of app {context.get('app_id')!r} at sequence {context.get('sequence_id')} "
+            "refused: the stored head is not the step it was computed from",
+            **context,
+        )
+
+
 class SnapshotNotFound(StoreError, LookupError):
     """A snapshot that was asked for by sequence id is not retained (or the app is unknown)."""
 

@@ -14,7 +14,8 @@ from burr.core.persistence import AsyncBaseStatePersister, BaseStatePersister, P
 from burr.core.state import State
 
 from burr_dist import codec
-from burr_dist.errors import LeaseLost, NotDurable, SequenceConflict, StoreRewound
+from burr_dist.deltas import Base
+from burr_dist.errors import BaseMoved, LeaseLost, NotDurable, SequenceConflict, StoreRewound
 from burr_dist.lease import LeaseCore
 from burr_dist.store import AsyncRedisStore, Call, Committed, RedisStore, Settle, StoreCore
 
@@ -34,6 +35,7 @@ class PersisterCore:
         self.last_commit: Committed | None = None
         self.history: HistoryRecorder | None = None  # chaos runs: every commit's invoke/complete
         self._op: str | None = None
+        self._pending: Base | None = None  # the delta base the commit in flight makes
         self._tries = 0  # sends of the current commit call (before_try counts them)
 
     def commit_call(
@@ -45,6 +47,7 @@ class PersisterCore:
         state: State,
         status: str,
         settle: Settle | None = None,
+        keyframe: bool = False,
     ) -> Call | None:
         if self._last_saved == (partition_key, app_id, sequence_id):
             # The same object registered twice (as persister and as hook): Burr calls us twice, one
@@ -58,15 +61,8 @@ class PersisterCore:
             self.lease.check()
             token = self.lease.token
         write_id = codec.new_write_id()
-        blob = codec.encode_snapshot(
-            write_id=write_id,
-            partition_key=partition_key,
-            app_id=app_id,
-            sequence_id=sequence_id,
-            position=position,
-            status=status,
-            state=state,
-            max_bytes=self.store.config.max_state_bytes,
+        blob, self._pending = self.store.encode(
+            partition_key, app_id, sequence_id, position, status, state, write_id, keyframe=keyframe
         )
         call = self.store.commit_call(
             partition_key, app_id, sequence_id, position, status, blob, write_id, token, settle
@@ -84,6 +80,9 @@ class PersisterCore:
 
     def on_commit(self, reply: Any, partition_key: str | None, app_id: str, sequence_id: int) -> Committed:
         self.last_commit = self.store.read_commit(reply, partition_key, app_id, sequence_id)
+        if self._pending is not None:
+            self.store.bases.put(partition_key, app_id, self._pending)
+            self._pending = None
         self._last_saved = (partition_key, app_id, sequence_id)
         if self.lease is not None:
             self.lease.head_fresh = False
@@ -98,6 +97,8 @@ class PersisterCore:
         the head: only lost data can)."""
         if self._last_saved == (partition_key, app_id, sequence_id):
             self._last_saved = None
+        self.store.bases.drop(partition_key, app_id)  # what Redis holds is unknown now
+        self._pending = None
         by_redis = isinstance(error, SequenceConflict) or (
             isinstance(error, LeaseLost) and "holder" in error.context
         )
@@ -129,6 +130,13 @@ class PersisterCore:
                 known=floor,
                 actual=actual,
             ) from error
+
+    def rebase(self, partition_key: str | None, app_id: str, sequence_id: int) -> None:
+        """A delta was refused (BaseMoved: certainly not applied); a keyframe follows."""
+        self._last_saved = None
+        self._pending = None
+        self.store.bases.drop(partition_key, app_id)
+        self._record("failed")
 
     def known_head(self) -> int | None:
         """The highest sequence this persister's lease knows was stored (None: unknown)."""
@@ -211,15 +219,21 @@ class RedisPersister(BaseStatePersister):
     ) -> Committed | None:  # fmt: skip
         """``save``, and with ``settle`` (the worker, on a claim's last step) the settle of the
         lease in the same script: one round trip instead of two. None for a duplicate save."""
-        call = self.core.commit_call(partition_key, app_id, sequence_id, position, state, status, settle)
-        if call is None:
-            return None
-        try:
-            reply = self.store.run(call, before_try=self.core.before_try)
-            return self.core.on_commit(reply, partition_key, app_id, sequence_id)
-        except BaseException as e:
-            self.core.on_failure(partition_key, app_id, sequence_id, e)
-            raise
+        for keyframe in (False, True):  # a refused delta is sent again as a keyframe
+            call = self.core.commit_call(
+                partition_key, app_id, sequence_id, position, state, status, settle, keyframe
+            )
+            if call is None:
+                return None
+            try:
+                reply = self.store.run(call, before_try=self.core.before_try)
+                return self.core.on_commit(reply, partition_key, app_id, sequence_id)
+            except BaseMoved:
+                self.core.rebase(partition_key, app_id, sequence_id)
+            except BaseException as e:
+                self.core.on_failure(partition_key, app_id, sequence_id, e)
+                raise
+        raise AssertionError("a keyframe commit cannot be refused as BaseMoved")
 
 
 class AsyncRedisPersister(AsyncBaseStatePersister):
@@ -265,12 +279,18 @@ class AsyncRedisPersister(AsyncBaseStatePersister):
         self, partition_key: str | None, app_id: str, sequence_id: int, position: str, state: State,
         status: str, settle: Settle | None = None,
     ) -> Committed | None:  # fmt: skip
-        call = self.core.commit_call(partition_key, app_id, sequence_id, position, state, status, settle)
-        if call is None:
-            return None
-        try:
-            reply = await self.store.run(call, before_try=self.core.before_try)
-            return self.core.on_commit(reply, partition_key, app_id, sequence_id)
-        except BaseException as e:
-            self.core.on_failure(partition_key, app_id, sequence_id, e)
-            raise
+        for keyframe in (False, True):  # a refused delta is sent again as a keyframe
+            call = self.core.commit_call(
+                partition_key, app_id, sequence_id, position, state, status, settle, keyframe
+            )
+            if call is None:
+                return None
+            try:
+                reply = await self.store.run(call, before_try=self.core.before_try)
+                return self.core.on_commit(reply, partition_key, app_id, sequence_id)
+            except BaseMoved:
+                self.core.rebase(partition_key, app_id, sequence_id)
+            except BaseException as e:
+                self.core.on_failure(partition_key, app_id, sequence_id, e)
+                raise
+        raise AssertionError("a keyframe commit cannot be refused as BaseMoved")

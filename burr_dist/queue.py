@@ -332,6 +332,12 @@ def _pairs(reply: Any) -> dict[str, str]:
     return {_s(reply[i]): _s(reply[i + 1]) for i in range(0, len(reply or []), 2)}
 
 
+def _raw_pairs(reply: Any) -> dict[Any, Any]:
+    if isinstance(reply, dict):
+        return reply
+    return {reply[i]: reply[i + 1] for i in range(0, len(reply or []), 2)}
+
+
 def parse_job(raw: dict[Any, Any]) -> dict[str, Any]:
     """A job hash as a dict of str, with JSON fields decoded and numbers as ints."""
     job: dict[str, Any] = {_s(k): _s(v) for k, v in raw.items()}
@@ -447,10 +453,13 @@ class FleetClient(FleetCore, RedisStore):
     def history(self, app_id: str, *, partition_key: str | None = None) -> list[dict[str, Any]]:
         """Every retained step, oldest first: sequence, action, status, time, state."""
         k = self.keys(partition_of(partition_key), app_id)
-        raw = _pairs(self.commands([Cmd(k.snaps, ("HGETALL", k.snaps))])[0])
+        snaps, oldest = self.commands(
+            [Cmd(k.snaps, ("HGETALL", k.snaps)), Cmd(k.meta, ("HGET", k.meta, "oldest"))]
+        )
+        raw = _raw_pairs(snaps)  # bytes: compressed entries are not text
         if not raw:
             self.job(app_id, partition_key=partition_key)  # AppNotFound when the app is unknown
-        return _history(raw, k.snaps, partition_key)
+        return _history(raw, k.snaps, oldest)
 
     def scan_jobs(self, *, partition_key: str | None = None) -> list[dict[str, Any]]:
         """Every job record (SCAN under our prefix only, on every primary), optionally of one
@@ -532,14 +541,22 @@ def _show(job: dict[str, Any], meta_raw: Any, holder: Any, pttl: Any) -> dict[st
     return job
 
 
-def _history(raw: dict[str, str], snaps_key: str, partition_key: str | None) -> list[dict[str, Any]]:
+def _history(raw: dict[Any, Any], snaps_key: str, oldest: Any) -> list[dict[str, Any]]:
+    from datetime import datetime, timezone
+
+    from burr.core.state import State
+
     from burr_dist import codec
 
+    low = int(oldest) if oldest is not None else 0
     out = []
-    for seq, blob in sorted(raw.items(), key=lambda kv: int(kv[0])):
-        snap = codec.decode_snapshot(blob.encode(), key=f"{snaps_key}#{seq}", partition_key=partition_key)
-        out.append({"sequence_id": snap["sequence_id"], "action": snap["position"], "status": snap["status"],
-                    "created_at": snap["created_at"], "state": snap["state"].get_all()})  # fmt: skip
+    for seq, doc in sorted(codec.stored_steps(raw, key=snaps_key).items()):
+        if seq < low:
+            continue  # kept only as the base of a retained step's delta chain
+        state = State.deserialize(doc["state"]).get_all()
+        at = datetime.fromtimestamp(int(doc["at"]) / 1000, tz=timezone.utc).isoformat()
+        out.append({"sequence_id": seq, "action": doc["pos"], "status": doc["status"],
+                    "created_at": at, "state": state})  # fmt: skip
     return out
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from burr.core.persistence import PersistedStateData
+from burr.core.state import State
 from tenacity import (
     AsyncRetrying,
     Retrying,
@@ -22,10 +23,12 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from burr_dist import codec
+from burr_dist import codec, deltas
 from burr_dist.connection import RetryPolicy, aconnect, connect, is_transient, resolve_target
 from burr_dist.errors import (
+    BaseMoved,
     ConfigurationError,
+    CorruptSnapshot,
     LeaseLost,
     RedisUnavailable,
     SequenceConflict,
@@ -50,7 +53,11 @@ class StoreConfig:
     confirmed them (WAIT on the same connection) within ``wait_timeout_ms``; 0 confirms nothing.
     ``buckets`` / ``queue_shards``: part of the key layout (see keys.py); equal fleet-wide.
     ``fair_quantum_ms``: spacing of one partition's pending apps in a queue shard's fair order
-    (scripts/_prelude.lua); it orders partitions against each other and never delays a lone one."""
+    (scripts/_prelude.lua); it orders partitions against each other and never delays a lone one.
+    ``snapshot_format``: 2 (default) stores deltas with keyframes (deltas.py); 1 stores a full
+    snapshot per step, readable by burr_dist 0.3 workers (for a rolling upgrade).
+    ``max_chain``: most deltas after a keyframe (bounds a load). ``compress_min_bytes``: entries
+    at least this large are stored zstd-compressed (0: never)."""
 
     prefix: str = "burr"
     keep: int = DEFAULT_KEEP
@@ -62,8 +69,25 @@ class StoreConfig:
     buckets: int = DEFAULT_BUCKETS
     queue_shards: int = DEFAULT_QUEUE_SHARDS
     fair_quantum_ms: int = 1000
+    snapshot_format: int = codec.FORMAT_VERSION
+    max_chain: int = deltas.DEFAULT_MAX_CHAIN
+    compress_min_bytes: int = 4096
 
     def __post_init__(self) -> None:
+        if self.snapshot_format not in (1, 2):
+            raise ConfigurationError(
+                f"snapshot_format must be 1 or 2, got {self.snapshot_format!r}",
+                snapshot_format=self.snapshot_format,
+            )
+        if not isinstance(self.max_chain, int) or not 1 <= self.max_chain <= 1000:
+            raise ConfigurationError(
+                f"max_chain must be an int from 1 to 1000, got {self.max_chain!r}", max_chain=self.max_chain
+            )
+        if not isinstance(self.compress_min_bytes, int) or self.compress_min_bytes < 0:
+            raise ConfigurationError(
+                f"compress_min_bytes must be an int >= 0, got {self.compress_min_bytes!r}",
+                compress_min_bytes=self.compress_min_bytes,
+            )
         if not isinstance(self.keep, int) or self.keep < 1:
             raise ConfigurationError(f"keep must be an int >= 1, got {self.keep!r}", keep=self.keep)
         if self.max_state_bytes < 1:
@@ -210,6 +234,8 @@ class StoreCore:
         self.config = config
         self.schema = KeySchema(config.prefix, config.buckets, config.queue_shards)
         self._keys: dict[tuple[str | None, str], AppKeys] = {}
+        # The last step of each app this process loaded or committed: the next commit's delta base.
+        self.bases = deltas.Bases()
 
     def keys(self, partition_key: str | None, app_id: str) -> AppKeys:
         # Cached: encoding ids is a measurable part of the per-step cost. Bounded by clearing.
@@ -230,6 +256,35 @@ class StoreCore:
         }
 
     # -- commit --------------------------------------------------------------------------
+    def encode(
+        self,
+        partition_key: str | None,
+        app_id: str,
+        sequence_id: int,
+        position: str,
+        status: str,
+        state: State,
+        write_id: str,
+        *,
+        keyframe: bool = False,
+    ) -> tuple[bytes, deltas.Base | None]:
+        """The entry to commit and the delta base it makes once Redis accepts it: a delta on the
+        last step this process saw of the app when possible (snapshot_format 2)."""
+        c = self.config
+        if c.snapshot_format == 1:
+            blob = codec.encode_snapshot(
+                write_id=write_id, partition_key=partition_key, app_id=app_id, sequence_id=sequence_id,
+                position=position, status=status, state=state, max_bytes=c.max_state_bytes,
+            )  # fmt: skip
+            return blob, None
+        encoded = deltas.encode_commit(
+            self.bases.get(partition_key, app_id),
+            write_id=write_id, partition_key=partition_key, app_id=app_id, sequence_id=sequence_id,
+            position=position, status=status, values=state.get_all(), max_bytes=c.max_state_bytes,
+            max_chain=c.max_chain, compress_min_bytes=c.compress_min_bytes, keyframe=keyframe,
+        )  # fmt: skip
+        return encoded.blob, encoded.base
+
     def commit_call(
         self,
         partition_key: str | None,
@@ -262,6 +317,8 @@ class StoreCore:
             return Committed(
                 sequence_id, replayed=code == 2, cancel_requested=bool(reply[2]), settled=settled
             )
+        if code == -3:
+            raise BaseMoved(app_id=app_id, partition_key=partition_key, sequence_id=sequence_id)
         if code == -1:
             head = int(reply[1])
             raise SequenceConflict(
@@ -288,17 +345,31 @@ class StoreCore:
         k = self.keys(partition_key, app_id)
         return Call(script("load"), (k.meta, k.snaps), ("" if sequence_id is None else sequence_id,))
 
+    def read_chain(
+        self, chain: Sequence[Any], partition_key: str | None, app_id: str, head: Any
+    ) -> PersistedStateData:
+        """Decode a chain read by load.lua or acquire.lua; remembers the head as the delta base."""
+        k = self.keys(partition_key, app_id)
+        first = int(chain[0])
+        blobs = list(chain[1:])
+        if any(b is None for b in blobs):
+            missing = first + blobs.index(None)
+            raise CorruptSnapshot(
+                f"snapshot chain of app {app_id!r} (partition {partition_key!r}) misses entry "
+                f"{missing} in {k.snaps!r}",
+                key=f"{k.snaps}#{missing}",
+            )
+        decoded = codec.decode_chain(blobs, key=k.snaps, first_seq=first, partition_key=partition_key)
+        if head and decoded.data["sequence_id"] == int(head):
+            self.bases.put(partition_key, app_id, deltas.Base.of(decoded))
+        return decoded.data
+
     def read_load(
         self, reply: Sequence[Any], partition_key: str | None, app_id: str, sequence_id: int | None
     ) -> PersistedStateData | None:
-        head, blob, oldest = reply
-        k = self.keys(partition_key, app_id)
-        if blob:
-            return codec.decode_snapshot(
-                blob,
-                key=f"{k.snaps}#{_s(sequence_id if sequence_id is not None else head)}",
-                partition_key=partition_key,
-            )
+        head, oldest, chain = reply
+        if chain:
+            return self.read_chain(chain, partition_key, app_id, head)
         if sequence_id is None or not head:
             return None  # no app: Burr starts a new one
         raise SnapshotNotFound(
@@ -328,13 +399,10 @@ class StoreCore:
             return NotRunnable(status=_s(reply[1]))
         if code == -2:
             return NotRunnable(status="scheduled", run_at_ms=int(reply[1]))
-        _, token, fence, head, blob, flat = reply
-        k = self.keys(partition_key, app_id)
-        state = (
-            codec.decode_snapshot(blob, key=f"{k.snaps}#{_s(head)}", partition_key=partition_key)
-            if blob
-            else None
-        )
+        _, token, fence, head, chain, flat = reply
+        state = self.read_chain(chain, partition_key, app_id, head) if chain else None
+        if state is None:
+            self.bases.drop(partition_key, app_id)
         job = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
         return Acquired(token=_s(token), fence=int(fence), head=state, job=job)
 

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
+from burr_dist import codec
 from burr_dist.keys import KeySchema
 from tests.support.targets import Target
 
@@ -74,7 +74,7 @@ def test_racing_processes_commit_each_step_exactly_once(target: Target, client: 
     assert sum(1 for r in reports if r["committed"]) >= 2, "no actual race happened"
 
     keys = KeySchema("burr").app(PK, APP)
-    snaps = {int(k): orjson.loads(v) for k, v in client.hgetall(keys.snaps).items()}
+    snaps = codec.stored_steps(client.hgetall(keys.snaps), key=keys.snaps)
     assert sorted(snaps) == list(range(TARGET + 1))  # no gaps, nothing beyond the target
     for seq, doc in snaps.items():
         assert doc["seq"] == seq

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import redis
 from burr.core import State
@@ -23,6 +22,7 @@ from burr_dist import (
     RedisStore,
     RedisUnavailable,
     StoreConfig,
+    codec,
 )
 from burr_dist.chaos.history import (
     FinalState,
@@ -69,7 +69,7 @@ def save(p, seq: int, **state) -> None:  # type: ignore[no-untyped-def]
 
 
 def stored(client: redis.Redis) -> dict[int, dict]:
-    return {int(k): orjson.loads(v) for k, v in client.hgetall(KEYS.snaps).items()}
+    return codec.stored_steps(client.hgetall(KEYS.snaps), key=KEYS.snaps)
 
 
 def test_lost_commit_reply_is_retried_without_a_duplicate_step(

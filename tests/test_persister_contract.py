@@ -18,6 +18,7 @@ from burr_dist import (
     SequenceConflict,
     SerializationError,
     SnapshotNotFound,
+    codec,
 )
 from burr_dist.keys import KeySchema
 from tests.support.apps import Driver, Flaky
@@ -37,7 +38,7 @@ def d(request: pytest.FixtureRequest, target: Target) -> Iterator[Driver]:
 
 def snaps_of(client: redis.Redis, pk: str | None, app_id: str) -> dict[int, dict]:
     raw = client.hgetall(KEYS.app(pk, app_id).snaps)
-    return {int(k): orjson.loads(v) for k, v in raw.items()}
+    return codec.stored_steps(raw, key="snaps")
 
 
 def dump_keys(client: redis.Redis) -> dict[bytes, object]:
@@ -308,17 +309,22 @@ def test_wrong_format_version_raises_corrupt_snapshot(d: Driver, client: redis.R
     p = d.persister()
     d.steps(d.app(p, "a1", PK), 1)
     keys = KEYS.app(PK, "a1")
-    doc = orjson.loads(client.hget(keys.snaps, "0"))
+    blob = client.hget(keys.snaps, "0")
+    header, doc = blob[: codec.HEADER_BYTES], orjson.loads(blob[codec.HEADER_BYTES :])
     doc["v"] = 99
-    client.hset(keys.snaps, "0", orjson.dumps(doc))
+    client.hset(keys.snaps, "0", header + orjson.dumps(doc))
     with pytest.raises(CorruptSnapshot) as ei:
         d.call(p.load, PK, "a1", 0)
     assert ei.value.version == 99
     assert keys.snaps in ei.value.key
 
     del doc["state"]
-    doc["v"] = 1
-    client.hset(keys.snaps, "0", orjson.dumps(doc))
+    doc["v"] = 2
+    client.hset(keys.snaps, "0", header + orjson.dumps(doc))
+    with pytest.raises(CorruptSnapshot, match="malformed"):
+        d.call(p.load, PK, "a1")
+    doc["v"] = 1  # a format 1 snapshot (no header) without its state
+    client.hset(keys.snaps, "0", orjson.dumps({"w": "0" * 16, **doc}))
     with pytest.raises(CorruptSnapshot, match="malformed"):
         d.call(p.load, PK, "a1")
 

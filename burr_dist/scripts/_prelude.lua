@@ -83,3 +83,23 @@ local function settled_before(job, token)
   end
   return nil
 end
+-- Snapshot chains (codec.py, format 2): a delta entry `<seq>` has a field `k<seq>` naming the
+-- keyframe its chain starts from; a keyframe (or a format 1 entry) has none. Returns
+-- {first_seq, blob, ...} from the keyframe up to `target`, or {} when `target` is not stored.
+local function read_chain(snaps, target)
+  local kf = redis.call('HGET', snaps, 'k' .. target)
+  if not kf then
+    local blob = redis.call('HGET', snaps, target)
+    if not blob then
+      return {}
+    end
+    return {target, blob}
+  end
+  local fields = {}
+  for s = tonumber(kf), tonumber(target) do
+    fields[#fields + 1] = tostring(s)
+  end
+  local out = redis.call('HMGET', snaps, unpack(fields))
+  table.insert(out, 1, kf)
+  return out
+end

@@ -2,14 +2,14 @@
 -- acquire.lua: take the lease on an app and read its head snapshot in the same round trip.
 -- In fleet mode (ARGV[3] is a worker id) the job record decides first whether the app may run.
 -- KEYS[1] meta   hash   'fence' is a counter that only grows; 'head' is the head sequence
--- KEYS[2] snaps  hash   seq -> snapshot JSON
+-- KEYS[2] snaps  hash   seq -> snapshot entry (chain: see read_chain in _prelude.lua)
 -- KEYS[3] lease  string lease token "<fence>.<nonce>"; expiry is kept by the server's clock (PX)
 -- KEYS[4] job    hash   fleet record (status, run_at, cancel...); read only in fleet mode
 -- KEYS[5] counts hash   the bucket's status counters (fleet mode)
 -- ARGV[1] nonce   random string from the caller, the same on a retry of this acquire
 -- ARGV[2] ttl_ms  lease time to live in milliseconds
 -- ARGV[3] worker  worker id for fleet mode, or "" for a plain lease
--- Returns {1, token, fence, head_or_"", snapshot_or_"", job_fields_flat} when acquired (also
+-- Returns {1, token, fence, head_or_"", chain, job_fields_flat} when acquired (also
 --         when a retry finds the lease its lost reply took: the token ends with the nonce);
 --         {0, holder_token, pttl_ms} when someone else holds it;
 --         {-1, status} fleet mode: the job is missing ("missing") or not runnable;
@@ -51,9 +51,9 @@ else
   redis.call('SET', KEYS[3], token, 'PX', ARGV[2])
 end
 local head = redis.call('HGET', KEYS[1], 'head')
-local snap = ''
+local chain = {}
 if head then
-  snap = redis.call('HGET', KEYS[2], head) or ''
+  chain = read_chain(KEYS[2], head)
 end
 local fields = {}
 if fleet then
@@ -64,4 +64,4 @@ if fleet then
   end
   fields = redis.call('HGETALL', KEYS[4])
 end
-return {1, token, fence, head or '', snap, fields}
+return {1, token, fence, head or '', chain, fields}

@@ -1,14 +1,17 @@
 #!lua
 -- commit.lua: compare-and-set one Burr step, fenced by the lease when a token is given.
--- KEYS[1] meta   hash   head, pos, status, oldest, wid, fence
--- KEYS[2] snaps  hash   seq -> snapshot JSON (starts with {"w":"<16-hex write id>", ...)
+-- KEYS[1] meta   hash   head, pos, status, wid, fence; oldest (lowest loadable sequence) and
+--                       base (lowest stored: the keyframe the oldest step's chain needs)
+-- KEYS[2] snaps  hash   seq -> snapshot entry (starts with {"w":"<16-hex write id>", ...);
+--                       k<seq> -> keyframe sequence of a delta entry (codec.py, format 2)
 -- KEYS[3] lease  string current lease token (absent when nobody holds the app)
 -- KEYS[4] index  zset   the partition's index in this bucket: app id -> first commit (server ms)
 -- KEYS[5] job    hash   fleet record: its 'cancel' field is read (absent outside a fleet), and
 --                       a settle (below) writes it
 -- KEYS[6] counts hash   the bucket's status counters (given, and written, only with a settle)
 -- ARGV[1] seq     sequence id of the step being committed
--- ARGV[2] blob    snapshot JSON
+-- ARGV[2] blob    snapshot entry: format 1 (full JSON) or format 2 (74-byte header: base write id
+--                 at bytes 30..45, "----------------" for a keyframe; keyframe seq at 53..72)
 -- ARGV[3] pos     action name (Burr "position")
 -- ARGV[4] status  "completed" | "failed"
 -- ARGV[5] wid     16-hex write id of this call; a retry sends the same one
@@ -21,7 +24,8 @@
 -- settled is {status, run_at, attempts} when a settle was asked for); {2, seq, cancel, settled...}
 -- this very write was already committed (retry after a lost reply, also when that first send
 -- settled and so released the lease); {-1, head} conflict, head is the stored head sequence;
--- {-2, holder} fenced out, holder is the current lease token or "".
+-- {-2, holder} fenced out, holder is the current lease token or "";
+-- {-3, head} a delta whose base is not the stored head (the caller re-sends a keyframe).
 local seq = tonumber(ARGV[1])
 local token = ARGV[7]
 local settle = ARGV[9] ~= nil and ARGV[9] ~= ''
@@ -55,7 +59,7 @@ local function settled_now()
   return settle_job(KEYS[3], KEYS[5], KEYS[6], {token = token, status = ARGV[9], delay_ms = ARGV[10],
     attempts = ARGV[11], error = ARGV[12], waiting_for = ARGV[13], consumed = ARGV[14]}, now_ms())
 end
-local meta = redis.call('HMGET', KEYS[1], 'head', 'oldest')
+local meta = redis.call('HMGET', KEYS[1], 'head', 'oldest', 'wid', 'base')
 local head = meta[1]
 if head then
   local h = tonumber(head)
@@ -67,15 +71,37 @@ if head then
     return {-1, h}
   end
 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local blob = ARGV[2]
+local kf = seq
+if string.sub(blob, 23, 29) == '","b":"' then
+  local base = string.sub(blob, 30, 45)
+  if base ~= '----------------' then
+    -- A delta: only on top of the very step it was computed from.
+    if not head or meta[3] ~= base then
+      return {-3, head or ''}
+    end
+    kf = tonumber(string.sub(blob, 53, 72))
+    redis.call('HSET', KEYS[2], 'k' .. ARGV[1], kf)
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[1], blob)
 local oldest = tonumber(meta[2] or seq)
+local low = tonumber(meta[4] or oldest)
 local floor = seq - tonumber(ARGV[6]) + 1
-while oldest < floor do
-  redis.call('HDEL', KEYS[2], tostring(oldest))
-  oldest = oldest + 1
+if floor > oldest then
+  oldest = floor
+  -- Keep the keyframe (and deltas) the new oldest step is built from; drop what is below it.
+  local need = kf
+  if floor < seq then
+    need = tonumber(redis.call('HGET', KEYS[2], 'k' .. floor) or floor)
+  end
+  while low < need do
+    redis.call('HDEL', KEYS[2], tostring(low), 'k' .. low)
+    low = low + 1
+  end
 end
 redis.call('HSET', KEYS[1], 'head', ARGV[1], 'pos', ARGV[3], 'status', ARGV[4],
-  'oldest', tostring(oldest), 'wid', ARGV[5])
+  'oldest', tostring(oldest), 'base', tostring(low), 'wid', ARGV[5])
 if not head then
   -- First commit of the app: index it once, by creation time on the server's clock.
   redis.call('ZADD', KEYS[4], 'NX', now_ms(), ARGV[8])

@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import orjson
 import pytest
 import redis
 from burr.core import State
@@ -51,10 +50,11 @@ from burr_dist import (
     SequenceConflict,
     SnapshotNotFound,
     StoreConfig,
+    codec,
 )
-from burr_dist.codec import decode_snapshot
 from burr_dist.connection import connect
 from burr_dist.embedded import EmbeddedServer, find_server_binary
+from burr_dist.errors import BaseMoved
 from burr_dist.keys import AppKeys, KeySchema
 from burr_dist.store import Call, Committed
 from tests.chaos.harness import RESULTS, Row
@@ -78,7 +78,7 @@ MAX_PENDING = 6
 SCHEMA = KeySchema("burr")
 
 # Outcomes of a commit, as commit.lua and PersisterCore decide them.
-OK, REPLAYED, CONFLICT, FENCED = "ok", "replayed", "conflict", "fenced"
+OK, REPLAYED, CONFLICT, FENCED, BASE_MOVED = "ok", "replayed", "conflict", "fenced", "base_moved"
 IGNORED, NOT_HELD, LOCAL_LOST = "ignored", "not_held", "local_lost"
 
 
@@ -107,11 +107,14 @@ class AppModel:
         for old in [s for s in self.snaps if s < seq - KEEP + 1]:
             del self.snaps[old]
 
-    def lua_commit(self, token: str, seq: int, wid: str | None) -> str:
-        """What commit.lua answers for a fenced commit (token first, then the head)."""
+    def lua_commit(self, token: str, seq: int, wid: str | None, base: str | None = None) -> str:
+        """What commit.lua answers for a fenced commit (token first, then the head, then a
+        delta's base: the head's write id)."""
         if token != self.token:
             return FENCED
         if self.head is None or self.head == seq - 1:
+            if base is not None and (self.head is None or self.snaps[self.head].wid != base):
+                return BASE_MOVED
             return OK
         snap = self.snaps.get(seq)
         if self.head >= seq and snap is not None and wid is not None and snap.wid == wid:
@@ -144,6 +147,7 @@ class Pending:
     wid: str
     token: str
     snap: Snap
+    base: str | None  # a delta's base write id (None: a keyframe)
 
 
 def same_head(pd: PersistedStateData | None, m: AppModel, seq: int | None, snap: Snap | None) -> None:
@@ -177,7 +181,10 @@ class FencedStoreMachine(RuleBasedStateMachine):
     # -- helpers ---------------------------------------------------------------------------
     def payload(self, worker: str, seq: int, app: int) -> dict[str, Any]:
         self.counter += 1
-        return {"by": worker, "n": self.counter, "seq": seq, "app": app, "note": "ü{*}:"}
+        # "log" grows by one entry per sequence: past 1 KB the commits are deltas (format 2), so the
+        # model also checks delta chains, their bases and retention.
+        log = [f"{app}:{i}:" + "x" * 200 for i in range(seq)]
+        return {"by": worker, "n": self.counter, "seq": seq, "app": app, "note": "ü{*}:", "log": log}
 
     def next_seq(self, m: AppModel, delta: int) -> int:
         return max(0, (-1 if m.head is None else m.head) + delta)
@@ -305,7 +312,9 @@ class FencedStoreMachine(RuleBasedStateMachine):
         if got == OK:
             TALLY["commits"] += 1
             assert h.persister.core.last_commit == Committed(seq, replayed=False)
-            m.commit(seq, snap)
+            base = self.stores[w].bases.get(m.pk, m.app_id)  # the write the commit stored
+            assert base is not None and base.seq == seq
+            m.commit(seq, Snap(snap.state, snap.position, snap.status, base.write_id))
             h.last_saved, h.head_fresh = seq, False
         elif got in (FENCED, CONFLICT):
             h.last_saved = None  # on_failure gives the claimed save back
@@ -403,7 +412,10 @@ class FencedStoreMachine(RuleBasedStateMachine):
         seq_arg, _, position, status_arg, wid, _, token, _ = call.args[:8]
         assert (seq_arg, position, status_arg, token) == (seq, f"step-{seq}", status, h.token)
         assert isinstance(wid, str)
-        self.pending.append(Pending(w, a, seq, wid, h.token, Snap(state, f"step-{seq}", status, wid)))
+        blob = call.args[1]
+        assert isinstance(blob, bytes)
+        base = codec.parse_entry(blob, key="paused").base
+        self.pending.append(Pending(w, a, seq, wid, h.token, Snap(state, f"step-{seq}", status, wid), base))
         self.calls[wid] = call
         for old in self.pending[:-MAX_PENDING]:
             del self.calls[old.wid]
@@ -419,7 +431,7 @@ class FencedStoreMachine(RuleBasedStateMachine):
         m = self.apps[p.app]
         store = self.stores[p.worker]
         for _ in range(times):
-            expected = m.lua_commit(p.token, p.seq, p.wid)
+            expected = m.lua_commit(p.token, p.seq, p.wid, p.base)
             got = OK
             try:
                 committed = store.read_commit(store.run(self.calls[p.wid]), m.pk, m.app_id, p.seq)
@@ -431,6 +443,8 @@ class FencedStoreMachine(RuleBasedStateMachine):
             except SequenceConflict as e:
                 got = CONFLICT
                 assert e.actual == m.head
+            except BaseMoved:
+                got = BASE_MOVED
             assert got == expected, (
                 f"replay of {p.worker}'s {m.app_id!r}@{p.seq}: got {got}, model {expected}"
             )
@@ -453,16 +467,20 @@ class FencedStoreMachine(RuleBasedStateMachine):
             pipe.get(m.keys.lease)
             pipe.hget(m.keys.meta, "fence")
             pipe.zscore(m.keys.index, m.app_id)
+            pipe.hget(m.keys.meta, "oldest")
         replies = pipe.execute()
         for i, m in enumerate(self.apps):
-            blobs, token, fence, indexed = replies[4 * i : 4 * i + 4]
-            snaps = {int(s): blob for s, blob in blobs.items()}
+            blobs, token, fence, indexed, oldest = replies[5 * i : 5 * i + 5]
+            stored = codec.stored_steps(blobs, key=m.keys.snaps)  # deltas applied
+            low = int(oldest) if oldest is not None else 0
+            snaps = {seq: doc for seq, doc in stored.items() if seq >= low}  # below: chain bases
             assert set(snaps) == set(m.snaps), f"{m.app_id!r}: retained {sorted(snaps)}, model {m.snaps}"
-            for seq, blob in snaps.items():  # every retained step is the one the model committed
+            for seq, doc in snaps.items():  # every retained step is the one the model committed
                 expected = m.snaps[seq]
-                same_head(decode_snapshot(blob, key=m.keys.snaps, partition_key=m.pk), m, seq, expected)
+                assert (doc["seq"], doc["pos"], doc["status"]) == (seq, expected.position, expected.status)
+                assert State.deserialize(doc["state"]).get_all() == expected.state, f"{m.app_id!r}@{seq}"
                 if expected.wid is not None:
-                    assert orjson.loads(blob)["w"] == expected.wid
+                    assert doc["w"] == expected.wid
             assert (None if token is None else token.decode()) == m.token, f"{m.app_id!r}: lease {token!r}"
             assert int(fence or 0) == m.fence
             assert (indexed is not None) == (m.head is not None), f"{m.app_id!r}: index {indexed}, {m.head}"
