@@ -19,7 +19,7 @@ OLDEST_TESTS := tests/test_persister_contract.py tests/test_lease.py tests/test_
 	tests/test_pipeline_retry.py tests/test_claims.py tests/test_argument_order.py tests/test_cli.py \
 	tests/test_fleet_e2e.py
 
-.PHONY: test test-oldest test-ha test-acl check lint types demo bench bench-env bench-fleet chaos chaos-ha mutants clean
+.PHONY: test test-oldest test-ha test-acl check lint types demo bench bench-state bench-env bench-fleet chaos chaos-ha mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ demo: $(STAMP)
 # Steps per second: in .venv, on the redis-py users get (it needs no benchmark peer).
 bench: $(STAMP)
 	$(BIN)/python bench/steps.py
+
+# Growing state: Redis memory and step latency, delta snapshots against full ones and Burr's own.
+bench-state: $(STAMP)
+	$(BIN)/python bench/state_growth.py
 
 $(BENCH_STAMP): pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)

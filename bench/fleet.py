@@ -64,7 +64,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import orjson  # noqa: E402
 import redis  # noqa: E402
 
 from bench.apps import STEPS  # noqa: E402
@@ -132,6 +131,7 @@ class Bench:
 
     def burr_times(self, fleet: Any, ids: list[str], kind: str, since: float = 0.0) -> list[list[float]]:
         """Per app (enqueue, first step, done) from the job records; checks each app completed."""
+        from burr_dist import codec
         from burr_dist.keys import partition_of
         from burr_dist.transport import Cmd
 
@@ -147,7 +147,7 @@ class Bench:
                 (created, updated, status), snap, head = replies[j : j + 3]
                 if status != b"completed" or snap is None or int(head) != STEPS[kind] - 1:
                     raise RuntimeError(f"burr_dist {kind} {app_id}: status {status!r}, head {head!r}")
-                at = orjson.loads(snap)["at"]
+                at = codec.parse_entry(snap, key=k.snaps).doc["at"]
                 out.append([max(int(created) / 1000, since), at / 1000, int(updated) / 1000])
         return out
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import time
@@ -35,20 +36,221 @@ from burr_dist import RedisPersister, RedisStore, StoreConfig, codec
 from burr_dist.connection import connect
 from burr_dist.embedded import EmbeddedServer
 
-WORDS = ["the", "model", "said", "that", "retrieval", "over", "the", "policy", "corpus", "found", "three", "relevant", "clauses", "and", "a", "date", "conflict", "between", "the", "lease", "renewal", "and", "the", "billing", "cycle", "which", "the", "user", "asked", "to", "resolve", "before", "friday", "while", "keeping", "the", "refund", "rules", "of", "region", "eu", "west"]  # fmt: skip
+# About 200 words of support-chat English; messages draw from it at random (seeded), with some
+# numbers and ids, so the text compresses about as well as model output (zstd 3x or so), not 100x.
+WORDS = [
+    "the",
+    "a",
+    "to",
+    "of",
+    "and",
+    "in",
+    "is",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "at",
+    "by",
+    "from",
+    "this",
+    "be",
+    "are",
+    "was",
+    "it",
+    "or",
+    "an",
+    "not",
+    "your",
+    "we",
+    "you",
+    "can",
+    "will",
+    "our",
+    "if",
+    "has",
+    "have",
+    "more",
+    "about",
+    "which",
+    "when",
+    "their",
+    "there",
+    "what",
+    "all",
+    "were",
+    "one",
+    "they",
+    "so",
+    "would",
+    "order",
+    "invoice",
+    "account",
+    "refund",
+    "policy",
+    "customer",
+    "billing",
+    "payment",
+    "card",
+    "shipping",
+    "delivery",
+    "warehouse",
+    "stock",
+    "status",
+    "delayed",
+    "approved",
+    "pending",
+    "manager",
+    "escalation",
+    "region",
+    "tax",
+    "rate",
+    "amount",
+    "balance",
+    "credit",
+    "renewal",
+    "lease",
+    "contract",
+    "clause",
+    "section",
+    "paragraph",
+    "date",
+    "friday",
+    "monday",
+    "deadline",
+    "cycle",
+    "month",
+    "year",
+    "model",
+    "retrieval",
+    "corpus",
+    "document",
+    "search",
+    "result",
+    "relevant",
+    "summary",
+    "answer",
+    "question",
+    "user",
+    "assistant",
+    "tool",
+    "call",
+    "function",
+    "argument",
+    "error",
+    "retry",
+    "timeout",
+    "request",
+    "response",
+    "service",
+    "api",
+    "endpoint",
+    "database",
+    "record",
+    "field",
+    "value",
+    "update",
+    "create",
+    "delete",
+    "list",
+    "report",
+    "chart",
+    "table",
+    "row",
+    "column",
+    "total",
+    "average",
+    "median",
+    "please",
+    "thanks",
+    "sorry",
+    "hello",
+    "confirm",
+    "check",
+    "review",
+    "resolve",
+    "explain",
+    "describe",
+    "compare",
+    "suggest",
+    "decide",
+    "because",
+    "however",
+    "therefore",
+    "although",
+    "unless",
+    "while",
+    "before",
+    "after",
+    "during",
+    "between",
+    "within",
+    "without",
+    "price",
+    "discount",
+    "coupon",
+    "plan",
+    "subscription",
+    "trial",
+    "upgrade",
+    "downgrade",
+    "cancel",
+    "pause",
+    "resume",
+    "transfer",
+    "address",
+    "email",
+    "phone",
+    "name",
+    "number",
+    "code",
+    "reference",
+    "ticket",
+    "case",
+    "priority",
+    "high",
+    "low",
+    "urgent",
+    "normal",
+    "first",
+    "second",
+    "third",
+    "last",
+    "next",
+    "previous",
+    "new",
+    "old",
+    "same",
+    "different",
+    "other",
+    "each",
+    "every",
+    "some",
+    "many",
+    "few",
+]
+
+
+def text(rng: random.Random, size: int) -> str:
+    out: list[str] = []
+    n = 0
+    while n < size:
+        r = rng.random()
+        w = (
+            rng.choice(WORDS)
+            if r < 0.9
+            else (str(rng.randrange(10_000)) if r < 0.96 else f"#{rng.getrandbits(32):08x}")
+        )
+        out.append(w)
+        n += len(w) + 1
+    return " ".join(out)
 
 
 def message(turn: int, size: int = 2048) -> dict[str, Any]:
-    """A chat message of about ``size`` bytes: varied words, like model output."""
-    out: list[str] = []
-    n = 0
-    i = turn
-    while n < size:
-        w = WORDS[(i * 31 + turn) % len(WORDS)]
-        out.append(w)
-        n += len(w) + 1
-        i += 1
-    return {"role": "assistant" if turn % 2 else "user", "turn": turn, "content": " ".join(out)}
+    """A chat message of about ``size`` bytes."""
+    rng = random.Random(turn)
+    return {"role": "assistant" if turn % 2 else "user", "turn": turn, "content": text(rng, size)}
 
 
 @action(reads=["messages", "turn"], writes=["messages", "turn"])
@@ -66,17 +268,17 @@ def build(persister: Any | None, app_id: str, workload: str) -> Any:
     if workload == "append":
         actions, default = {"step": chat}, {"messages": [], "turn": 0}
     else:
-        corpus = [" ".join(WORDS[(p + j) % len(WORDS)] for j in range(1800))[:10_000] for p in range(100)]
+        corpus = [text(random.Random(-p), 10_000) for p in range(100)]  # ~1 MB of documents
         actions, default = {"step": touch}, {"corpus": corpus, "cursor": 0, "note": ""}
+    b = ApplicationBuilder().with_actions(**actions).with_transitions(("step", "step"))
+    b = b.with_identifiers(app_id=app_id, partition_key="bench")
+    if persister is None:  # Burr alone: what the step costs before anything is saved
+        return b.with_state(**default).with_entrypoint("step").build()
     return (
-        ApplicationBuilder()
-        .with_actions(**actions)
-        .with_transitions(("step", "step"))
-        .initialize_from(
+        b.initialize_from(
             persister, resume_at_next_action=True, default_state=default, default_entrypoint="step"
         )
         .with_state_persister(persister)
-        .with_identifiers(app_id=app_id, partition_key="bench")
         .build()
     )
 

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from burr_dist.errors import AppNotRunnable, LeaseNotHeld
+from burr_dist.errors import AppNotRunnable, CorruptSnapshot, LeaseNotHeld
 from burr_dist.lease import AsyncLease
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 # Seconds a peek's picture of the shards is reused: how long the fair order across shards may lag.
 PEEK_EVERY = 0.5
+CORRUPT_RETRY_MS = 60_000  # an app whose snapshot cannot be read waits this long before another try
 
 
 @dataclass
@@ -127,6 +128,14 @@ class Claimer:
                 if now_ms is None:
                     now_ms = await self.fleet.server_time_ms()
                 out.append(Refused(c, "held", now_ms + max(e.pttl_ms, 100)))
+            except CorruptSnapshot as e:
+                # Unreadable state (hand-edited, or a format this version does not know): it must
+                # not sink the other apps of the batch. Its lease expires; it is tried again later.
+                log.error("app %s has an unreadable snapshot; retrying in %d s: %s", c.member,
+                          CORRUPT_RETRY_MS // 1000, e, extra={"event": "corrupt_snapshot", "key": e.context.get("key")})  # fmt: skip
+                if now_ms is None:
+                    now_ms = await self.fleet.server_time_ms()
+                out.append(Refused(c, "corrupt", now_ms + CORRUPT_RETRY_MS))
         return out
 
     async def wait_for_work(self, queues: tuple[str, ...], stop: asyncio.Event, busy: set[Any]) -> None:

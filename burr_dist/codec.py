@@ -80,12 +80,13 @@ def check_value(value: Any, path: str) -> None:
         )
 
 
-def serialize_fields(values: dict[str, Any]) -> dict[str, Any]:
-    """Burr's own serialization of some fields (field serdes included), checked first."""
+def serialize_fields(values: dict[str, Any], state: State | None = None) -> dict[str, Any]:
+    """Burr's own serialization of some fields (field serdes included), checked first. ``state``:
+    the State that holds exactly ``values``, when there is one (saves building another)."""
     for name, value in values.items():
         check_value(value, name)
     try:
-        return State(values).serialize()
+        return (state if state is not None else State(values)).serialize()
     except (TypeError, ValueError) as e:
         raise SerializationError(f"state cannot be serialized: {e}") from e
 

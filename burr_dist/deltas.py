@@ -25,7 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from burr.core.state import FIELD_SERIALIZATION
+from burr.core.state import FIELD_SERIALIZATION, State
 
 from burr_dist import codec
 
@@ -135,7 +135,7 @@ def encode_commit(
     sequence_id: int,
     position: str,
     status: str,
-    values: dict[str, Any],
+    state: State,
     max_bytes: int,
     max_chain: int,
     compress_min_bytes: int,
@@ -143,6 +143,7 @@ def encode_commit(
 ) -> Encoded:
     """The entry to commit for ``values`` at ``sequence_id``: a delta on ``base`` when that is
     the step before and the policy allows, else a keyframe."""
+    values = state.get_all()
     doc = codec.snapshot_meta(partition_key, app_id, sequence_id, position, status)
     usable = base if base is not None and base.seq == sequence_id - 1 and not keyframe else None
     if usable is not None and not wants_keyframe(usable, max_chain):
@@ -163,7 +164,7 @@ def encode_commit(
                          usable.state_bytes + len(body))  # fmt: skip
             return Encoded(blob, after, delta=True)
         doc = codec.snapshot_meta(partition_key, app_id, sequence_id, position, status)
-    doc["state"] = codec.serialize_fields(values)
+    doc["state"] = codec.serialize_fields(values, state)
     body = codec.dumps(doc, app_id=app_id, sequence_id=sequence_id)
     codec.check_size(body, app_id=app_id, sequence_id=sequence_id, max_bytes=max_bytes)
     blob = codec.frame(
@@ -173,7 +174,9 @@ def encode_commit(
         keyframe=sequence_id,
         compress_min_bytes=compress_min_bytes,
     )
-    after = Base(sequence_id, write_id, sequence_id, len(blob), 0, 0, values, _sizes(values), len(body))
+    # A small state's next commit is a keyframe too (wants_keyframe): no sizes needed for it.
+    sizes = _sizes(values) if len(body) >= SMALL_STATE_BYTES else {}
+    after = Base(sequence_id, write_id, sequence_id, len(blob), 0, 0, values, sizes, len(body))
     return Encoded(blob, after, delta=False)
 
 

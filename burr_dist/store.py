@@ -280,7 +280,7 @@ class StoreCore:
         encoded = deltas.encode_commit(
             self.bases.get(partition_key, app_id),
             write_id=write_id, partition_key=partition_key, app_id=app_id, sequence_id=sequence_id,
-            position=position, status=status, values=state.get_all(), max_bytes=c.max_state_bytes,
+            position=position, status=status, state=state, max_bytes=c.max_state_bytes,
             max_chain=c.max_chain, compress_min_bytes=c.compress_min_bytes, keyframe=keyframe,
         )  # fmt: skip
         return encoded.blob, encoded.base

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import redis
+from burr.core.state import State
 
-from burr_dist import FleetClient
+from burr_dist import FleetClient, codec
 from burr_dist.chaos.history import (
     Anomaly,
     FinalState,
@@ -31,7 +32,6 @@ from burr_dist.chaos.history import (
     state_digest,
     summary,
 )
-from burr_dist.codec import decode_snapshot
 from burr_dist.embedded import EmbeddedServer
 from burr_dist.queue import EnqueueRequest
 from tests.support.fleet import WorkerProc, start_worker
@@ -240,11 +240,9 @@ class ChaosRun:
             status = (status or b"missing").decode()
             if status == "running":
                 status = "held" if leased else "runnable"
-            digests = {
-                int(seq): state_digest(
-                    decode_snapshot(blob, key=k.snaps, partition_key=pk)["state"].get_all()
-                )
-                for seq, blob in snaps.items()
+            digests = {  # keyframes and deltas (applied); below 'oldest' only as chain bases
+                seq: state_digest(State.deserialize(doc["state"]).get_all())
+                for seq, doc in codec.stored_steps(snaps, key=k.snaps).items()
             }
             finals[app_key(pk, app_id)] = FinalState(status, int(head) if head is not None else None, digests)
         return finals
