@@ -35,7 +35,9 @@ class PersisterCore:
         self.last_commit: Committed | None = None
         self.history: HistoryRecorder | None = None  # chaos runs: every commit's invoke/complete
         self._op: str | None = None
-        self._pending: Base | None = None  # the delta base the commit in flight makes
+        # The delta base each commit in flight makes once accepted (by app and sequence: one
+        # async persister may serve many apps at once).
+        self._pending: dict[tuple[str | None, str, int], Base] = {}
         self._tries = 0  # sends of the current commit call (before_try counts them)
 
     def commit_call(
@@ -61,9 +63,11 @@ class PersisterCore:
             self.lease.check()
             token = self.lease.token
         write_id = codec.new_write_id()
-        blob, self._pending = self.store.encode(
+        blob, pending = self.store.encode(
             partition_key, app_id, sequence_id, position, status, state, write_id, keyframe=keyframe
         )
+        if pending is not None:
+            self._pending[(partition_key, app_id, sequence_id)] = pending
         call = self.store.commit_call(
             partition_key, app_id, sequence_id, position, status, blob, write_id, token, settle
         )
@@ -80,9 +84,9 @@ class PersisterCore:
 
     def on_commit(self, reply: Any, partition_key: str | None, app_id: str, sequence_id: int) -> Committed:
         self.last_commit = self.store.read_commit(reply, partition_key, app_id, sequence_id)
-        if self._pending is not None:
-            self.store.bases.put(partition_key, app_id, self._pending)
-            self._pending = None
+        pending = self._pending.pop((partition_key, app_id, sequence_id), None)
+        if pending is not None:
+            self.store.bases.put(partition_key, app_id, pending)
         self._last_saved = (partition_key, app_id, sequence_id)
         if self.lease is not None:
             self.lease.head_fresh = False
@@ -98,7 +102,7 @@ class PersisterCore:
         if self._last_saved == (partition_key, app_id, sequence_id):
             self._last_saved = None
         self.store.bases.drop(partition_key, app_id)  # what Redis holds is unknown now
-        self._pending = None
+        self._pending.pop((partition_key, app_id, sequence_id), None)
         by_redis = isinstance(error, SequenceConflict) or (
             isinstance(error, LeaseLost) and "holder" in error.context
         )
@@ -134,7 +138,7 @@ class PersisterCore:
     def rebase(self, partition_key: str | None, app_id: str, sequence_id: int) -> None:
         """A delta was refused (BaseMoved: certainly not applied); a keyframe follows."""
         self._last_saved = None
-        self._pending = None
+        self._pending.pop((partition_key, app_id, sequence_id), None)
         self.store.bases.drop(partition_key, app_id)
         self._record("failed")
 

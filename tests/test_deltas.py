@@ -5,6 +5,7 @@ the size limit and compression."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -218,3 +219,31 @@ def test_large_entries_are_compressed(d: Driver, client: redis.Redis) -> None:
     run(d, d.persister(compress_min_bytes=0), "chat2", 8)
     k2 = KEYS.app(PK, "chat2")
     assert not any(b[codec.HEADER_BYTES :][:4] == codec.ZSTD_MAGIC for b in client.hvals(k2.snaps))
+
+
+def test_one_async_persister_serving_concurrent_apps_keeps_each_apps_delta_base(
+    target: Target, client: redis.Redis
+) -> None:
+    """Burr apps sharing one AsyncRedisPersister step concurrently: each commit's new base is
+    recorded for its own app, so no delta is refused and sent again as a keyframe."""
+    d = Driver(target.url, is_async=True)
+    try:
+        p = d.persister()
+        solo = d.build(chat_app(p, "solo", True))
+        d.steps(solo, 16)
+        a, b = (d.build(chat_app(p, name, True)) for name in ("a", "b"))
+
+        async def both() -> None:
+            for _ in range(16):
+                await asyncio.gather(a.astep(), b.astep())
+
+        d.run(both())
+        kinds = {}
+        for app_id in ("solo", "a", "b"):
+            k = KEYS.app(PK, app_id)
+            stored = codec.stored_steps(client.hgetall(k.snaps), key=k.snaps)
+            kinds[app_id] = [stored[s]["kind"] for s in sorted(stored)]
+            assert user_fields(d.call(p.load, PK, app_id)["state"]) == expected(16)
+        assert kinds["a"] == kinds["b"] == kinds["solo"], kinds
+    finally:
+        d.close()
