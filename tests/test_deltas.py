@@ -14,7 +14,8 @@ import pytest
 import redis
 from burr.core import ApplicationBuilder, State, action
 
-from burr_dist import SerializationError, SnapshotNotFound, codec
+from burr_dist import SerializationError, SnapshotNotFound, codec, deltas
+from burr_dist.deltas import DEFAULT_MAX_CHAIN
 from burr_dist.keys import KeySchema
 from tests.support.apps import Driver
 from tests.support.targets import Target
@@ -139,16 +140,19 @@ def test_a_delta_on_a_head_it_was_not_computed_from_is_refused_then_sent_whole(
 ) -> None:
     a = d.persister()
     app_a = d.build(chat_app(a, "chat", d.is_async))
-    d.steps(app_a, 5)  # a's delta base: sequence 4, its own write
+    d.steps(app_a, 3)
+    while deltas.wants_keyframe(a.store.bases.get(PK, "chat"), DEFAULT_MAX_CHAIN):
+        d.step(app_a)  # until a's next commit is a delta by policy: its base is a's own last step
+    seq = a.store.bases.get(PK, "chat").seq + 1
     k = KEYS.app(PK, "chat")
     client.delete(k.meta, k.snaps, k.index)  # the app is deleted and written again by b
-    run(d, d.persister(), "chat", 5)
+    run(d, d.persister(), "chat", seq)
     b_head = client.hget(k.meta, "wid")
-    d.step(app_a)  # a commits sequence 5 on top of b's sequence 4 (unfenced CAS on the sequence)
+    d.step(app_a)  # a commits `seq` on top of b's `seq - 1` (unfenced CAS on the sequence)
     stored = codec.stored_steps(client.hgetall(k.snaps), key=k.snaps)
-    assert stored[5]["kind"] == "keyframe", "a delta computed on a's own step 4 must not apply to b's"
-    assert stored[4]["w"] == b_head.decode()
-    assert user_fields(d.call(a.load, PK, "chat")["state"]) == expected(6)
+    assert stored[seq]["kind"] == "keyframe", "a delta computed on a's own step must not apply to b's"
+    assert stored[seq - 1]["w"] == b_head.decode()
+    assert user_fields(d.call(a.load, PK, "chat")["state"]) == expected(seq + 1)
 
 
 def test_format_1_data_is_continued_by_format_2_and_read_back_by_format_1(

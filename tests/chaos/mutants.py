@@ -40,16 +40,24 @@ MUTANTS = (
            # At the small size a delay episode may find no commit in flight; 200 apps always have.
            (("CHAOS_SIZE", "large"),)),
     Mutant("commit does not recognise its own write", "commit.lua",
-           "if mine and string.sub(mine, 7, 22) == ARGV[5] then", "if false then",
+           "return stored and string.sub(stored, 7, 22) == ARGV[5]", "return false",
            ("tests/chaos/test_stateful.py", "tests/test_lost_reply.py")),
+    Mutant("commit applies a delta on any head", "commit.lua", "if not head or meta[3] ~= base then",
+           "if false then", ("tests/test_deltas.py", "-k", "not_computed_from")),
+    Mutant("commit trims the keyframe a retained delta needs", "commit.lua",
+           "need = tonumber(redis.call('HGET', KEYS[2], 'k' .. floor) or floor)", "need = floor",
+           ("tests/test_deltas.py", "-k", "every_retained")),
+    Mutant("loads read a delta without its keyframe", "_prelude.lua",
+           "local kf = redis.call('HGET', snaps, 'k' .. target)", "local kf = false",
+           ("tests/test_deltas.py", "-k", "fresh_process")),
     Mutant("renew extends any lease", "renew.lua", "if redis.call('GET', KEYS[1]) == ARGV[1] then", "if true then",
            ("tests/chaos/test_stateful.py",)),
     Mutant("release deletes any lease", "release.lua", "if redis.call('GET', KEYS[1]) == ARGV[1] then",
            "if true then", ("tests/chaos/test_stateful.py",)),
     Mutant("touch revives expired claims", "touch.lua", "if current and tonumber(current) > now then",
            "if current then", ("tests/test_claims.py",)),
-    Mutant("heartbeat never bumps the store epoch", "heartbeat.lua", "redis.call('HINCRBY', KEYS[3], 'n', 1)",
-           "tonumber(redis.call('HGET', KEYS[3], 'n') or 1)", ("tests/test_rewind.py", "-k", "counter_back")),
+    Mutant("heartbeat never bumps the store epoch", "epoch.lua", "redis.call('HINCRBY', KEYS[1], 'n', 1)",
+           "tonumber(redis.call('HGET', KEYS[1], 'n') or 1)", ("tests/test_rewind.py", "-k", "counter_back")),
 )  # fmt: skip
 # The CAS mutant needs a second edit: both checks go.
 EXTRA = {"commit ignores the head (no CAS) and the token": ("  if h ~= seq - 1 then", "  if false then")}
