@@ -181,11 +181,18 @@ def encode_commit(
 
 
 class Bases:
-    """The last known step of each app this process touched (bounded; least recent dropped)."""
+    """The last known step of each app this process touched, least recently used dropped first:
+    at most ``limit`` apps and about ``max_bytes`` of state (the states are referenced, not
+    copied, but a base can keep a finished app's state alive)."""
 
-    def __init__(self, limit: int = 1024) -> None:
+    def __init__(self, limit: int = 1024, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._items: OrderedDict[tuple[str | None, str], Base] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, partition_key: str | None, app_id: str) -> Base | None:
         found = self._items.get((partition_key, app_id))
@@ -194,10 +201,14 @@ class Bases:
         return found
 
     def put(self, partition_key: str | None, app_id: str, base: Base) -> None:
+        self.drop(partition_key, app_id)
         self._items[(partition_key, app_id)] = base
-        self._items.move_to_end((partition_key, app_id))
-        while len(self._items) > self.limit:
-            self._items.popitem(last=False)
+        self.bytes += base.state_bytes
+        while len(self._items) > self.limit or (self.bytes > self.max_bytes and len(self._items) > 1):
+            _, gone = self._items.popitem(last=False)
+            self.bytes -= gone.state_bytes
 
     def drop(self, partition_key: str | None, app_id: str) -> None:
-        self._items.pop((partition_key, app_id), None)
+        gone = self._items.pop((partition_key, app_id), None)
+        if gone is not None:
+            self.bytes -= gone.state_bytes

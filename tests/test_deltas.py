@@ -251,3 +251,19 @@ def test_one_async_persister_serving_concurrent_apps_keeps_each_apps_delta_base(
         assert kinds["a"] == kinds["b"] == kinds["solo"], kinds
     finally:
         d.close()
+
+
+def test_the_base_cache_is_bounded_by_count_and_bytes() -> None:
+    def base(size: int) -> deltas.Base:
+        return deltas.Base(0, "w" * 16, 0, size, 0, 0, {}, {}, size)
+
+    cache = deltas.Bases(limit=3, max_bytes=1000)
+    for i in range(5):
+        cache.put(None, f"a{i}", base(10))
+    assert len(cache) == 3 and cache.get(None, "a0") is None and cache.get(None, "a4") is not None
+    cache.put(None, "big", base(900))  # over the byte budget: the least recently used go first
+    assert cache.bytes <= 1000 and cache.get(None, "big") is not None
+    cache.put(None, "big", base(100))  # replacing an app's base does not count it twice
+    assert cache.bytes == sum(b.state_bytes for b in cache._items.values())
+    cache.put(None, "huge", base(5000))  # a single state over the budget is still kept alone
+    assert len(cache) == 1 and cache.bytes == 5000
