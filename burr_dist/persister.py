@@ -21,6 +21,7 @@ from burr_dist.store import AsyncRedisStore, Call, Committed, RedisStore, Settle
 
 if TYPE_CHECKING:
     from burr_dist.chaos.history import HistoryRecorder
+    from burr_dist.tracking import StepTracker
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class PersisterCore:
         # async persister may serve many apps at once).
         self._pending: dict[tuple[str | None, str, int], Base] = {}
         self._tries = 0  # sends of the current commit call (before_try counts them)
+        self.tracker: StepTracker | None = None  # tracking records to commit with each step (issue 11)
 
     def commit_call(
         self,
@@ -68,8 +70,9 @@ class PersisterCore:
         )
         if pending is not None:
             self._pending[(partition_key, app_id, sequence_id)] = pending
+        track = self.tracker.take(sequence_id) if self.tracker is not None else None
         call = self.store.commit_call(
-            partition_key, app_id, sequence_id, position, status, blob, write_id, token, settle
+            partition_key, app_id, sequence_id, position, status, blob, write_id, token, settle, track
         )
         self._last_saved = (partition_key, app_id, sequence_id)
         self._tries = 0

@@ -36,6 +36,7 @@ from burr_dist.persister import AsyncRedisPersister, RedisPersister
 from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
 from burr_dist.store import Committed, RedisStore, Settle
 from burr_dist.trackers import resume_without_parent
+from burr_dist.tracking import StepTracker
 
 if TYPE_CHECKING:
     from burr_dist.chaos.history import HistoryRecorder
@@ -137,8 +138,10 @@ class ClaimRunner:
         recorder: Recorder,
         on_rewound: Callable[[StoreRewound], None],
         observer: Observer = NOOP,
+        track: bool = True,
     ) -> None:
         self.fleet = fleet
+        self.track = track
         self.sync_store = sync_store
         self.registry = registry
         self._pool = pool
@@ -519,6 +522,10 @@ class ClaimRunner:
             AsyncRedisPersister(self.fleet, lease) if is_async else RedisPersister(self.sync_store, lease)
         )
         persister.core.history = self.history
+        if self.track:  # issue 11: one tracker per build, its records committed with each step
+            tracker = StepTracker(worker=self.id, project=spec.name)
+            builder = builder.with_hooks(tracker)
+            persister.core.tracker = tracker
         state = {**spec.default_state, **(orjson.loads(job["state"]) if job.get("state") else {})}
         fork: dict[str, Any] = {}
         if lease.head is None and job.get("fork_app"):

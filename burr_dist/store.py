@@ -296,9 +296,12 @@ class StoreCore:
         write_id: str,
         token: str = "",
         settle: Settle | None = None,
+        track: tuple[bytes, bytes] | None = None,
     ) -> Call:
+        """``track``: the step's tracking records and the app's graph (or b"") from
+        :meth:`burr_dist.tracking.StepTracker.take`, stored by the same script."""
         k = self.keys(partition_key, app_id)
-        return Call(
+        call = Call(
             script("commit"),
             # counts only with a settle: during a slot migration a script that declares a key
             # that does not exist is refused (TRYAGAIN) until the migration ends.
@@ -306,6 +309,13 @@ class StoreCore:
             (sequence_id, blob, position, status, write_id, self.config.keep, token, app_id,
              *(settle.args() if settle is not None else ("",))),
         )  # fmt: skip
+        return call if track is None else self._with_track(call, k, settle, track)
+
+    @staticmethod
+    def _with_track(call: Call, k: AppKeys, settle: Settle | None, track: tuple[bytes, bytes]) -> Call:
+        """Tracking (issue 11): the track key last in KEYS, the records at ARGV[15..16]."""
+        pad = () if settle is not None else ("",) * 5  # ARGV[10..14]: no settle
+        return Call(call.script, (*call.keys, k.track), (*call.args, *pad, *track))
 
     @staticmethod
     def read_commit(
@@ -439,7 +449,8 @@ class StoreCore:
             return []
         k = self.keys(partition_key, app_id)
         ms = int(seconds * 1000)
-        return [Cmd(k.meta, ("PEXPIRE", k.meta, ms)), Cmd(k.snaps, ("PEXPIRE", k.snaps, ms))]
+        return [Cmd(k.meta, ("PEXPIRE", k.meta, ms)), Cmd(k.snaps, ("PEXPIRE", k.snaps, ms)),
+                Cmd(k.track, ("PEXPIRE", k.track, ms))]  # fmt: skip
 
 
 class RedisStore(StoreCore):

@@ -68,6 +68,7 @@ class Worker:
         wait_replicas: int | None = None,
         wait_timeout_ms: int | None = None,
         observer: Observer | None = None,
+        track: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1", concurrency=concurrency)
@@ -105,6 +106,7 @@ class Worker:
         self.recorder = Recorder(history)
         self.fatal: StoreRewound | None = None
         self.observer = observer or NOOP
+        self.track = track  # Burr tracking records committed with each step (burr-dist ui)
 
     @property
     def held_apps(self) -> int:
@@ -166,7 +168,7 @@ class Worker:
         self.runner = ClaimRunner(
             self.fleet, self.sync_store, self.registry, self._pool, worker_id=self.id,
             max_steps=self.max_steps, max_seconds=self.max_seconds, stopping=lambda: self.stopping,
-            recorder=self.recorder, on_rewound=self._rewound, observer=self.observer,
+            recorder=self.recorder, on_rewound=self._rewound, observer=self.observer, track=self.track,
         )  # fmt: skip
         self.upkeep = Upkeep(
             self.fleet, self.id, self.queues, self.concurrency, self.lease_ttl, self.sweep_interval,

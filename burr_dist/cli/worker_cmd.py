@@ -92,6 +92,12 @@ from burr_dist.queue import DEFAULT_QUEUE
     help="Serve Prometheus metrics on http://HOST:PORT/metrics [default: no metrics].",
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of --metrics-port.")
+@click.option(
+    "--track/--no-track",
+    default=True,
+    show_default=True,
+    help="Commit Burr tracking records with each step, for `burr-dist ui` (cost: README, Burr UI).",
+)
 @json_flag
 def worker(
     module: str,
@@ -109,6 +115,7 @@ def worker(
     log_format: str,
     metrics_port: int | None,
     metrics_host: str,
+    track: bool,
 ) -> None:
     """Run a worker for the apps registered in MODULE.
 
@@ -145,6 +152,7 @@ def worker(
         poll_interval=poll_interval,
         worker_id=worker_id,
         allow_evicting_redis=allow_evicting_redis,
+        track=track,
     )
     check_redis(s.url).close()
     if metrics_port is not None:

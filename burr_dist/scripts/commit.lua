@@ -9,6 +9,9 @@
 -- KEYS[5] job    hash   fleet record: its 'cancel' field is read (absent outside a fleet), and
 --                       a settle (below) writes it
 -- KEYS[6] counts hash   the bucket's status counters (given, and written, only with a settle)
+-- KEYS[#KEYS] track hash tracking records (issue 11), given only with ARGV[15]: then it is the
+--                       last key (KEYS[7] with a settle, KEYS[6] without). Not declared otherwise:
+--                       a declared key that is absent during a slot migration gets TRYAGAIN.
 -- ARGV[1] seq     sequence id of the step being committed
 -- ARGV[2] blob    snapshot entry: format 1 (full JSON) or format 2 (74-byte header: base write id
 --                 at bytes 30..45, "----------------" for a keyframe; keyframe seq at 53..72)
@@ -18,8 +21,11 @@
 -- ARGV[6] keep    number of snapshots to retain (>= 1)
 -- ARGV[7] token   lease token, or "" for an unfenced commit
 -- ARGV[8] app_id  member for the partition index
--- ARGV[9..15]     a settle to apply once the step is committed (the claim's last step), as
+-- ARGV[9..14]     a settle to apply once the step is committed (the claim's last step), as
 --                 settle.lua's ARGV[2..7] (status ... consumed), or ARGV[9] = "": no settle
+--                 (then ARGV[10..14] are absent, or "" when tracking follows)
+-- ARGV[15] track  this step's Burr tracking records (JSON list, tracking.py), absent or "": none
+-- ARGV[16] app    the app's graph and metadata (JSON) to store with them, or "" (sent once a build)
 -- Returns {1, seq, cancel, settled...} committed (cancel is "1" when a cancel was requested;
 -- settled is {status, run_at, attempts} when a settle was asked for); {2, seq, cancel, settled...}
 -- this very write was already committed (retry after a lost reply, also when that first send
@@ -105,6 +111,21 @@ redis.call('HSET', KEYS[1], 'head', ARGV[1], 'pos', ARGV[3], 'status', ARGV[4],
 if not head then
   -- First commit of the app: index it once, by creation time on the server's clock.
   redis.call('ZADD', KEYS[4], 'NX', now_ms(), ARGV[8])
+end
+-- Tracking (issue 11): stored only here, after every check passed (a refused commit stores
+-- nothing; a replayed write id returned above), trimmed to the same retention as the snapshots.
+if ARGV[15] ~= nil and ARGV[15] ~= '' then
+  local track, keep = KEYS[#KEYS], tonumber(ARGV[6])
+  local first = seq - keep + 1
+  local lo = math.max(tonumber(redis.call('HGET', track, 'lo') or seq), first - keep)
+  while lo < first do
+    redis.call('HDEL', track, tostring(lo))
+    lo = lo + 1
+  end
+  redis.call('HSET', track, ARGV[1], ARGV[15], 'lo', tostring(lo))
+  if ARGV[16] ~= '' then
+    redis.call('HSET', track, 'app', ARGV[16])
+  end
 end
 local cancel = redis.call('HGET', KEYS[5], 'cancel') or ''
 return reply(1, cancel, settled_now())
