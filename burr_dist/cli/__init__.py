@@ -280,6 +280,6 @@ def main(ctx: click.Context, redis_url: str, prefix: str, as_json: bool) -> None
 
 
 # The commands register themselves on ``main`` when their modules are imported.
-from burr_dist.cli import fleet_ops, metrics_cmd, worker_cmd  # noqa: E402
+from burr_dist.cli import fleet_ops, metrics_cmd, ui_cmd, worker_cmd  # noqa: E402
 
-__all__ = ["fleet_ops", "main", "metrics_cmd", "worker_cmd"]
+__all__ = ["fleet_ops", "main", "metrics_cmd", "ui_cmd", "worker_cmd"]
