@@ -1,0 +1,134 @@
+"""Tracking records (issue 11) are written by commit.lua with the step they describe: a refused
+commit (zombie, conflicting writer) leaves none, a commit retried after a lost reply leaves
+exactly one, and they follow the app's retention (keep) and TTL (finished_ttl)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from burr.core import ApplicationBuilder, State, action
+from burr.visibility import TracerFactory
+
+from burr_dist import Lease, LeaseLost, RedisPersister, RedisStore, SequenceConflict, StoreConfig
+from burr_dist.connection import RetryPolicy, connect
+from burr_dist.embedded import EmbeddedServer
+from burr_dist.keys import KeySchema
+from burr_dist.tracking import WORKER_ATTRIBUTE, StepTracker
+from tests.support.proxy import FaultProxy
+
+PK, APP = "user-1", "t1"
+KEYS = KeySchema("burr").app(PK, APP)
+FAST_RETRY = RetryPolicy(attempts=4, initial=0.01, maximum=0.05, deadline=3.0)
+
+
+def tracked(store: RedisStore, worker: str, lease: Lease | None = None) -> tuple[RedisPersister, StepTracker]:
+    persister = lease.persister if lease is not None else RedisPersister(store)
+    tracker = StepTracker(worker=worker, project="proj")
+    persister.core.tracker = tracker
+    return persister, tracker
+
+
+def step(persister: RedisPersister, tracker: StepTracker, seq: int, **state: Any) -> None:
+    """What Burr and the worker do for one step: the hooks run, then the commit."""
+    act = SimpleNamespace(name="inc")
+    tracker.pre_run_step(action=act, inputs={"x": seq}, sequence_id=seq, state=None)
+    tracker.post_run_step(action=act, result={"n": seq}, sequence_id=seq, exception=None, state=None)
+    persister.save(PK, APP, seq, "inc", State(state), "completed")
+
+
+def records(client: Any) -> dict[int, list[dict[str, Any]]]:
+    raw = {k.decode(): v for k, v in client.hgetall(KEYS.track).items()}
+    return {int(k): orjson.loads(v) for k, v in raw.items() if k.isdigit()}
+
+
+def worker_of(recs: list[dict[str, Any]]) -> str:
+    return next(r["value"] for r in recs if r["type"] == "attribute" and r["key"] == WORKER_ATTRIBUTE)
+
+
+def test_records_are_committed_with_the_step_trimmed_to_keep_and_expire(target: Any, client: Any) -> None:
+    store = RedisStore(connect(target.url), StoreConfig(keep=3, finished_ttl=30))
+    p, t = tracked(store, "w1")
+    for seq in range(5):
+        step(p, t, seq, n=seq)
+    got = records(client)
+    assert sorted(got) == [2, 3, 4]  # the same retention as the snapshots
+    assert sorted(int(s) for s in client.hkeys(KEYS.snaps)) == [2, 3, 4]
+    assert [r["type"] for r in got[4]] == ["begin_entry", "end_entry", "attribute"]
+    assert got[4][0]["inputs"] == {"x": 4} and got[4][1]["result"] == {"n": 4}
+    assert worker_of(got[4]) == "w1"
+    assert all("state" not in r for recs in got.values() for r in recs)  # the snapshot has it
+    assert client.hget(KEYS.track, "lo") == b"2"
+    store.expire_app(APP, partition_key=PK)
+    assert 0 < client.pttl(KEYS.track) <= 30_000
+    assert client.pttl(KEYS.snaps) > 0
+
+
+def test_graph_and_metadata_are_sent_once_per_build(store: RedisStore, client: Any) -> None:
+    @action(reads=["n"], writes=["n"])
+    def inc(state: State, __tracer: TracerFactory) -> State:
+        with __tracer("work") as span:
+            span.log_attributes(size=3)
+        return state.update(n=state["n"] + 1)
+
+    p, t = tracked(store, "w1")
+    app = (
+        ApplicationBuilder().with_actions(inc=inc).with_transitions(("inc", "inc")).with_state(n=0)
+        .with_entrypoint("inc").with_identifiers(app_id=APP, partition_key=PK).with_hooks(t).build()
+    )  # fmt: skip
+    sent: list[Any] = []
+    real = store.commit_call
+    store.commit_call = lambda *a, **kw: sent.append(a[-1]) or real(*a, **kw)  # type: ignore[method-assign]
+    for _ in range(2):
+        act, _, state = app.step()  # type: ignore[misc]
+        p.save(PK, APP, app.sequence_id, act.name, state, "completed")  # type: ignore[arg-type]
+    assert [bool(track[1]) for track in sent] == [True, False]  # graph with the first commit only
+    stored = orjson.loads(client.hget(KEYS.track, "app"))
+    assert stored["graph"]["entrypoint"] == "inc" and stored["metadata"]["partition_key"] == PK
+    types = [r["type"] for r in records(client)[1]]
+    assert types == ["begin_entry", "begin_span", "attribute", "end_span", "end_entry", "attribute"]
+
+
+def test_refused_commits_leave_no_tracking_record(store: RedisStore, client: Any) -> None:
+    zombie = Lease(store, PK, APP, ttl=0.5).acquire(auto_renew=False)
+    pz, tz = tracked(store, "zombie", zombie)
+    step(pz, tz, 0, n=0)
+    time.sleep(0.8)  # the zombie's lease expires
+    rescuer = Lease(store, PK, APP, ttl=10).acquire(wait=3, auto_renew=False)
+    pr, tr = tracked(store, "rescuer", rescuer)
+    step(pr, tr, 1, n=1)
+    zombie.lost_reason, zombie.deadline = None, time.monotonic() + 100  # it believes it holds the lease
+    with pytest.raises(LeaseLost, match="refused by Redis"):
+        step(pz, tz, 2, n=2)
+    # A writer without a lease, behind the head: refused as a conflict.
+    pc, tc = tracked(store, "late")
+    with pytest.raises(SequenceConflict):
+        step(pc, tc, 1, n=99)
+    got = records(client)
+    assert {seq: worker_of(recs) for seq, recs in got.items()} == {0: "zombie", 1: "rescuer"}
+    rescuer.release()
+
+
+@pytest.fixture
+def proxy(server: EmbeddedServer) -> Iterator[FaultProxy]:
+    with FaultProxy(server.port) as p:
+        yield p
+
+
+def test_commit_retried_after_a_lost_reply_leaves_one_record(proxy: FaultProxy, client: redis.Redis) -> None:
+    store = RedisStore(connect(proxy.url, socket_timeout=2.0), StoreConfig(retry=FAST_RETRY))
+    p, t = tracked(store, "w1")
+    step(p, t, 0, n=0)
+    proxy.set_mode("drop_reply")
+    step(p, t, 1, n=1)  # applied, reply lost, retried: the retry finds its own write
+    proxy.set_mode("pass")
+    assert proxy.stats["dropped_replies"] == 1
+    got = records(client)
+    assert sorted(got) == [0, 1]
+    assert [r["type"] for r in got[1]].count("begin_entry") == 1
+    assert set(client.hkeys(KEYS.track)) == {b"0", b"1", b"lo"}
