@@ -19,7 +19,7 @@ OLDEST_TESTS := tests/test_persister_contract.py tests/test_lease.py tests/test_
 	tests/test_pipeline_retry.py tests/test_claims.py tests/test_argument_order.py tests/test_cli.py \
 	tests/test_fleet_e2e.py
 
-.PHONY: test test-oldest test-ha test-acl check lint types demo bench bench-state bench-env bench-fleet chaos chaos-ha mutants clean
+.PHONY: browser test test-oldest test-ha test-acl check lint types demo bench bench-state bench-env bench-fleet chaos chaos-ha mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Debian's chromium for the UI test (tests/test_ui.py skips without it); playwright's own browser
+# download does not work here (no network access beyond the package registries).
+browser:
+	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
 $(OLDEST_STAMP): pyproject.toml
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
