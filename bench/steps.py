@@ -1,8 +1,9 @@
 """Steps per second of a trivial Burr app, in one process against one server:
 (a) no persister, (b) Burr's own RedisBasePersister, (c) burr_dist RedisPersister,
-(d) RedisPersister under a lease (every commit fenced), and, on the embedded server (which then
-gets a replica), (e) and (f): (c) and (d) with ``wait_replicas=1`` (every commit confirmed by
-WAIT on the same connection).
+(d) RedisPersister under a lease (every commit fenced), (g) (d) with the worker's tracking (the
+StepTracker hook, its records committed by commit.lua: what ``burr-dist ui`` shows), and, on the
+embedded server (which then gets a replica), (e) and (f): (c) and (d) with ``wait_replicas=1``
+(every commit confirmed by WAIT on the same connection). (a2) is (a) with the tracker hook alone.
 
     python bench/steps.py [--steps N] [--redis-url URL]
 
@@ -26,6 +27,8 @@ from burr.integrations.persisters.b_redis import RedisBasePersister
 from burr_dist import Lease, RedisPersister, RedisStore, StoreConfig
 from burr_dist.connection import connect
 from burr_dist.embedded import EmbeddedServer, wait_for
+from burr_dist.keys import KeySchema
+from burr_dist.tracking import StepTracker
 
 
 @action(reads=["n"], writes=["n"])
@@ -38,13 +41,19 @@ def pong(state: State) -> State:
     return state.update(last=state["n"])
 
 
-def make_app(persister: Any | None, app_id: str, partition_key: str) -> Any:
+def make_app(
+    persister: Any | None, app_id: str, partition_key: str, tracker: StepTracker | None = None
+) -> Any:
     b = (
         ApplicationBuilder()
         .with_actions(ping=ping, pong=pong)
         .with_transitions(("ping", "pong"), ("pong", "ping"))
         .with_identifiers(app_id=app_id, partition_key=partition_key)
     )
+    if tracker is not None:  # as the worker adds it (running.py)
+        b = b.with_hooks(tracker)
+        if persister is not None:
+            persister.core.tracker = tracker
     if persister is None:
         b = b.with_state(n=0, last=0).with_entrypoint("ping")
     else:
@@ -57,8 +66,8 @@ def make_app(persister: Any | None, app_id: str, partition_key: str) -> Any:
     return b.build()
 
 
-def timed(persister: BaseStatePersister | None, steps: int) -> float:
-    app = make_app(persister, f"bench-{uuid.uuid4().hex[:8]}", "bench")
+def timed(persister: BaseStatePersister | None, steps: int, tracker: StepTracker | None = None) -> float:
+    app = make_app(persister, f"bench-{uuid.uuid4().hex[:8]}", "bench", tracker)
     t0 = time.perf_counter()
     for _ in range(steps):
         app.step()
@@ -93,10 +102,15 @@ def main() -> None:
         lat.sort()
         print(f"server={url} raw_ping_p50_us={lat[len(lat) // 2] * 1e6:.1f}")
 
-        def leased(on: RedisStore = store) -> float:
+        tracked_apps: list[str] = []
+
+        def leased(on: RedisStore = store, track: bool = False) -> float:
             app_id = f"bench-{uuid.uuid4().hex[:8]}"
+            tracker = StepTracker(worker="bench-worker-1", project="bench") if track else None
+            if track:
+                tracked_apps.append(app_id)
             with Lease(on, "bench", app_id, ttl=30).acquire() as lease:
-                app = make_app(lease.persister, app_id, "bench")
+                app = make_app(lease.persister, app_id, "bench", tracker)
                 t0 = time.perf_counter()
                 for _ in range(args.steps):
                     app.step()
@@ -104,9 +118,11 @@ def main() -> None:
 
         variants = {
             "a_no_persister": lambda: timed(None, args.steps),
+            "a2_tracker_hook_only": lambda: timed(None, args.steps, StepTracker(worker="w", project="bench")),
             "b_burr_redis": lambda: timed(burr_redis, args.steps),
             "c_burr_dist": lambda: timed(RedisPersister(store), args.steps),
             "d_burr_dist_leased": leased,
+            "g_leased_tracked": lambda: leased(track=True),
         }
         if replica is not None:
             variants["e_burr_dist_wait1"] = lambda: timed(RedisPersister(store_w1), args.steps)
@@ -117,11 +133,22 @@ def main() -> None:
                 best[name] = max(best.get(name, 0.0), fn())
         for name, rate in best.items():
             print(f"{name:22s} {rate:10.0f} steps/s")
-        a, b, c, d = (best[k] for k in list(variants)[:4])
+        a, b, c, d = (
+            best[k] for k in ("a_no_persister", "b_burr_redis", "c_burr_dist", "d_burr_dist_leased")
+        )
         wait_cost = f" wait1_vs_no_wait={best['e_burr_dist_wait1'] / c:.2f}" if replica is not None else ""
         print(
             f"ratio_vs_burr_redis={c / b:.2f} ratio_leased_vs_burr_redis={d / b:.2f} "
             f"ratio_vs_no_persister={c / a:.3f}{wait_cost}"
+        )
+        g, a2 = best["g_leased_tracked"], best["a2_tracker_hook_only"]
+        track = KeySchema().app("bench", tracked_apps[-1]).track
+        fields = [f for f in client.hkeys(track) if f.isdigit()]
+        per_step = sum(client.hstrlen(track, f) for f in fields) / len(fields)
+        print(
+            f"tracking: ratio_tracked_vs_leased={g / d:.3f} cost_per_step_us={(1 / g - 1 / d) * 1e6:.1f} "
+            f"hook_cpu_per_step_us={(1 / a2 - 1 / a) * 1e6:.1f} record_bytes_per_step={per_step:.0f} "
+            f"redis_memory_per_step_bytes={client.memory_usage(track) / len(fields):.0f}"
         )
     finally:
         for srv in (replica, server):
