@@ -33,9 +33,9 @@ SCRIPT_COMMANDS = (
     "del", "get", "hdel", "hget", "hgetall", "hincrby", "hmget", "hset", "hsetnx", "pexpire",
     "pttl", "set", "time", "zadd", "zrangebyscore", "zrem", "zremrangebyscore", "zscore",
 )  # fmt: skip
-# Commands sent from Python (transport, store, fleet client, worker), sorted.
+# Commands sent from Python (transport, store, fleet client, worker, UI backend), sorted.
 CLIENT_COMMANDS = (
-    "config|get", "del", "evalsha", "get", "hget", "hgetall", "incr", "pexpire", "ping", "pttl",
+    "config|get", "del", "evalsha", "get", "hget", "hgetall", "hmget", "incr", "pexpire", "ping", "pttl",
     "sadd", "scan", "script|load", "smembers", "time", "wait", "zadd", "zcard", "zrange", "zrem",
     "zscore", "lpush", "ltrim", "blpop",
 )  # fmt: skip

@@ -42,6 +42,7 @@ CLI = "tests/test_readme.py::test_cli_commands_from_the_readme"
 SESSION = "tests/test_readme.py::test_quickstart_and_redis_cli_session"
 BENCH = "tests/test_readme.py::test_bench_scripts_run_at_a_small_size"
 OBS = "tests/test_readme.py::test_observability_commands_from_the_readme"
+UI = "tests/test_readme.py::test_ui_command_from_the_readme"
 
 # README command -> the test that runs it. `make test` is what CI runs (.ci/run); it and the long
 # targets (chaos: 8 minutes, mutants, the benchmarks) are dry-run here: each target exists and
@@ -57,6 +58,7 @@ COVERED: dict[str, str] = {
     "make bench-fleet": MAKE,
     "make bench-state": MAKE,
     "make mutants": MAKE,
+    "make browser": MAKE,
     ".venv/bin/python examples/quickstart.py": SESSION,
     "redis-cli --scan --pattern 'burr:*'": SESSION,
     "redis-cli HGETALL burr:{142.129}:user-1:quickstart:meta": SESSION,
@@ -76,6 +78,7 @@ COVERED: dict[str, str] = {
     "burr-dist workers": CLI,
     "burr-dist worker examples.apps --metrics-port 9101 --log-format json": OBS,
     "burr-dist metrics --port 9464": OBS,
+    "burr-dist ui --port 7241": UI,
     ".venv/bin/python bench/steps.py": BENCH,
 }
 
@@ -319,6 +322,42 @@ def test_observability_commands_from_the_readme(fleet_server: EmbeddedServer, tm
     fc.client.close()
 
 
+def test_ui_command_from_the_readme(fleet_server: EmbeddedServer, tmp_path: Path) -> None:
+    """`burr-dist ui` as shown (on a free port) serves Burr's API on the fleet: the app a worker
+    ran is a project (tests/test_ui.py opens the page in a browser)."""
+    (cmd,) = [c for c in readme_commands() if COVERED.get(c) == UI]
+    fc = FleetClient.from_url(fleet_server.url)
+    fc.enqueue("counter", "c1", state={"target": 2})
+    env = cli_env(fleet_server.url)
+    worker = subprocess.Popen([*burr_dist_exe(), "worker", "examples.apps"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until(lambda: fc.job("c1")["status"] == "completed", 60, "c1 to complete", worker)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=20)
+    port = free_port()
+    log = tmp_path / "ui.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([*burr_dist_exe(), *shlex.split(cmd.replace("7241", str(port)))[1:]],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+    try:
+        give_up = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v0/projects", timeout=5) as reply:
+                    projects = json.loads(reply.read())
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < give_up, log.read_text()
+                time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert [(p["name"], p["num_apps"]) for p in projects] == [("counter", 1)]
+    fc.client.close()
+
+
 # -- quickstart and the redis-cli session --------------------------------------------------------------
 def redis_cli(port: int, args: list[str], replay: bool) -> str:
     """Run ``redis-cli -p PORT ARGS``; with ``replay``, send the same command through redis-py's
@@ -398,6 +437,7 @@ def test_bench_scripts_run_at_a_small_size(fleet_server: EmbeddedServer) -> None
     )  # fmt: skip
     assert steps.returncode == 0, steps.stderr
     assert steps.stdout.splitlines()[-1].startswith("ratio_vs_burr_redis="), steps.stdout
+    assert steps.stdout.splitlines()[-2].startswith("tracking: ratio_tracked_vs_leased="), steps.stdout
     growth = subprocess.run(
         [sys.executable, "bench/state_growth.py", "--steps", "20", "--big-steps", "20"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
