@@ -48,9 +48,13 @@ class RedisBackend(BackendBase):
         dist_buckets: int = DEFAULT_BUCKETS,
         dist_queue_shards: int = DEFAULT_QUEUE_SHARDS,
         list_seconds: float = 2.0,
+        fleet: FleetClient | None = None,
     ) -> None:
-        config = StoreConfig(prefix=dist_prefix, buckets=dist_buckets, queue_shards=dist_queue_shards)
-        self.fleet = FleetClient.from_url(dist_url, **config.__dict__)
+        """``fleet``: a client to read through instead of one made from the other settings."""
+        if fleet is None:
+            config = StoreConfig(prefix=dist_prefix, buckets=dist_buckets, queue_shards=dist_queue_shards)
+            fleet = FleetClient.from_url(dist_url, **config.__dict__)
+        self.fleet = fleet
         self.list_seconds = list_seconds
         self._lock = threading.Lock()  # one request at a time on the sync client and the caches
         self._jobs: tuple[float, list[dict[str, Any]]] = (0.0, [])
