@@ -524,7 +524,10 @@ class ClaimRunner:
         persister.core.history = self.history
         if self.track:  # issue 11: one tracker per build, its records committed with each step
             tracker = StepTracker(worker=self.id, project=spec.name)
-            builder = builder.with_hooks(tracker)
+            # A factory that hands out the same builder again still has the last build's tracker
+            # (with_hooks appends; Burr dedups hooks by identity only): one tracker per app.
+            adapters = [h for h in builder.lifecycle_adapters if not isinstance(h, StepTracker)]
+            builder.lifecycle_adapters = [*adapters, tracker]
             persister.core.tracker = tracker
         state = {**spec.default_state, **(orjson.loads(job["state"]) if job.get("state") else {})}
         fork: dict[str, Any] = {}

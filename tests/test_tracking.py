@@ -4,6 +4,7 @@ exactly one, and they follow the app's retention (keep) and TTL (finished_ttl)."
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -132,3 +133,44 @@ def test_commit_retried_after_a_lost_reply_leaves_one_record(proxy: FaultProxy, 
     assert sorted(got) == [0, 1]
     assert [r["type"] for r in got[1]].count("begin_entry") == 1
     assert set(client.hkeys(KEYS.track)) == {b"0", b"1", b"lo"}
+
+
+async def test_async_app_under_the_worker_commits_its_records(fleet_server: EmbeddedServer) -> None:
+    """An async app (astep, AsyncRedisPersister) under the worker; its factory returns the same
+    builder every time, so each build must replace the last build's tracker, not add to it."""
+    from burr_dist import FleetClient, Registry
+    from burr_dist.registry import AppContext
+    from burr_dist.worker import Worker
+
+    @action(reads=["n"], writes=["n"])
+    async def tick(state: State) -> State:
+        return state.update(n=state["n"] + 1)
+
+    reg = Registry()
+    shared = ApplicationBuilder().with_actions(tick=tick).with_transitions(("tick", "tick"))
+
+    @reg.app("ticker", entrypoint="tick", default_state={"n": 0})
+    def ticker(ctx: AppContext) -> ApplicationBuilder:
+        return shared
+
+    fleet = FleetClient(connect(fleet_server.url))
+    fleet.enqueue("ticker", "tk", partition_key=PK)
+    w = Worker(reg, url=fleet_server.url, max_steps_per_claim=2, poll_interval=0.02, worker_id="wa")
+    task = asyncio.create_task(w.run())
+    keys = KeySchema("burr").app(PK, "tk")
+    try:
+        for _ in range(400):
+            if len(fleet.client.hkeys(keys.track)) >= 8:  # 6 steps over 3 claims, lo, app
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        w.request_stop()
+        await task
+    head = int(fleet.client.hget(keys.meta, "head"))
+    got = {int(k): orjson.loads(v) for k, v in fleet.client.hgetall(keys.track).items() if k.isdigit()}
+    assert sorted(got) == list(range(head + 1))
+    assert all(
+        [r["type"] for r in recs] == ["begin_entry", "end_entry", "attribute"] for recs in got.values()
+    )
+    assert sum(isinstance(h, StepTracker) for h in shared.lifecycle_adapters) == 1
+    fleet.client.close()

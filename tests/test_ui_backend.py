@@ -87,3 +87,24 @@ async def test_steps_past_the_snapshots_retention_show_no_state(store: RedisStor
     store.client.hset(k.meta, "oldest", "3")
     view = await asyncio.to_thread(RedisBackend(fleet=FleetClient(store.client))._refresh, "user-1", "t1")
     assert sorted(view.records) == [2, 3, 4] and sorted(view.states) == [3, 4]
+
+
+async def test_a_zombies_refused_commit_leaves_no_trace_in_the_ui(store: RedisStore) -> None:
+    import time
+
+    from burr_dist import LeaseLost
+
+    zombie = Lease(store, "user-1", "t1", ttl=0.5).acquire(auto_renew=False)
+    pz, tz = tracked(store, "zombie", zombie)
+    step(pz, tz, 0, n=0)
+    time.sleep(0.8)
+    rescuer = Lease(store, "user-1", "t1", ttl=10).acquire(wait=3, auto_renew=False)
+    pr, tr = tracked(store, "rescuer", rescuer)
+    step(pr, tr, 1, n=1)
+    zombie.lost_reason, zombie.deadline = None, time.monotonic() + 100
+    with pytest.raises(LeaseLost):
+        step(pz, tz, 2, n=2)
+    view = await asyncio.to_thread(RedisBackend(fleet=FleetClient(store.client))._refresh, "user-1", "t1")
+    assert view.workers() == {0: "zombie", 1: "rescuer"}
+    assert view.states == {0: {"n": 0}, 1: {"n": 1}}
+    rescuer.release()
