@@ -127,20 +127,26 @@ class StepTracker(
         self.worker = worker
         self.project = project
         self._steps: dict[int, list[dict[str, Any]]] = {}
-        self._app: bytes | None = None  # graph + metadata, sent with the next commit
+        self._app: bytes | None = None  # graph + metadata, sent with the first commit of a build
+        self._app_at: int | None = None  # the sequence whose commit carries them
         self._streamed: dict[int, int] = {}
 
     # -- what the persister takes ------------------------------------------------------------
     def take(self, sequence_id: int) -> tuple[bytes, bytes] | None:
-        """The encoded records of ``sequence_id`` and (once per build) the app's graph and
-        metadata (``b""`` when already sent), or None when nothing was recorded for it."""
-        records = self._steps.pop(sequence_id, None)
-        # Older buffered steps were never committed (a failed commit ends the claim): drop them.
+        """The encoded records of ``sequence_id`` and (with the first step taken after a build)
+        the app's graph and metadata (``b""`` otherwise), or None when nothing was recorded.
+
+        Taking the same sequence again gives the same records and graph: a commit built twice
+        (a delta refused because its base moved is re-sent as a keyframe) carries them both
+        times. Records of earlier sequences are dropped (committed, or never to be)."""
         for stale in [s for s in self._steps if s < sequence_id]:
             del self._steps[stale]
+        records = self._steps.get(sequence_id)
         if records is None:
             return None
-        app, self._app = self._app or b"", None
+        app = b""
+        if self._app is not None and self._app_at in (None, sequence_id):
+            self._app_at, app = sequence_id, self._app
         return orjson.dumps(records), app
 
     def _add(self, sequence_id: int, record: dict[str, Any]) -> None:
@@ -168,6 +174,7 @@ class StepTracker(
             "spawning_parent_pointer": _pointer(spawning_parent_pointer),
         }
         self._app = orjson.dumps({"graph": graph, "metadata": metadata, "project": self.project})
+        self._app_at = None
 
     def pre_run_step(
         self, *, action: Any, inputs: dict[str, Any], sequence_id: int, **future_kwargs: Any

@@ -174,3 +174,33 @@ async def test_async_app_under_the_worker_commits_its_records(fleet_server: Embe
     )
     assert sum(isinstance(h, StepTracker) for h in shared.lifecycle_adapters) == 1
     fleet.client.close()
+
+
+def test_a_delta_refused_and_sent_again_whole_keeps_its_records(target: Any, client: Any) -> None:
+    """A delta whose base moved is refused (nothing stored) and sent again as a keyframe: that
+    second commit carries the step's records and the graph, taken again from the tracker."""
+    from burr_dist import codec
+
+    store = RedisStore(connect(target.url))
+
+    def grow(p: RedisPersister, t: StepTracker, seq: int) -> None:
+        step(p, t, seq, n=seq, doc="a large field that deltas leave out " * 100)
+
+    pa, ta = tracked(store, "a")
+    ta._app = b'{"graph": null}'  # as post_application_create leaves it
+    for seq in range(5):
+        grow(pa, ta, seq)  # a's delta base: its own step 4
+    client.delete(KEYS.meta, KEYS.snaps, KEYS.index, KEYS.track)  # deleted, then written again by b
+    pb, tb = tracked(RedisStore(connect(target.url)), "b")  # another process
+    for seq in range(5):
+        grow(pb, tb, seq)
+    sends: list[int] = []
+    real = store.run
+    store.run = lambda call, before_try=None: sends.append(int(call.args[0])) or real(call, before_try)  # type: ignore[method-assign]
+    ta._app, ta._app_at = b'{"graph": "again"}', None  # a rebuilt app: its graph goes with step 5
+    grow(pa, ta, 5)  # a delta on b's step 4: refused, then sent whole
+    stored = codec.stored_steps(client.hgetall(KEYS.snaps), key=KEYS.snaps)
+    assert stored[5]["kind"] == "keyframe" and sends == [5, 5]  # the delta, then the keyframe
+    got = records(client)
+    assert worker_of(got[5]) == "a" and [r["type"] for r in got[5]].count("begin_entry") == 1
+    assert client.hget(KEYS.track, "app") == b'{"graph": "again"}'
