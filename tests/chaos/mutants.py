@@ -47,6 +47,8 @@ MUTANTS = (
     Mutant("commit trims the keyframe a retained delta needs", "commit.lua",
            "need = tonumber(redis.call('HGET', KEYS[2], 'k' .. floor) or floor)", "need = floor",
            ("tests/test_deltas.py", "-k", "every_retained")),
+    Mutant("commit keeps tracking records past keep", "commit.lua", "while lo < first do",
+           "while false do", ("tests/test_tracking.py", "-k", "trimmed_to_keep")),
     Mutant("loads read a delta without its keyframe", "_prelude.lua",
            "local kf = redis.call('HGET', snaps, 'k' .. target)", "local kf = false",
            ("tests/test_deltas.py", "-k", "fresh_process")),
