@@ -8,6 +8,7 @@ bound to a lease, that the lease is still current) before it writes anything.
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Literal
 
 from burr.core.persistence import AsyncBaseStatePersister, BaseStatePersister, PersistedStateData
@@ -138,6 +139,29 @@ class PersisterCore:
                 actual=actual,
             ) from error
 
+    def save_flow(
+        self, partition_key: str | None, app_id: str, sequence_id: int, position: str, state: State,
+        status: str, settle: Settle | None,
+    ) -> Generator[Call, Any, Committed | None]:  # fmt: skip
+        """A save, sans I/O: yields each call to send and receives its reply (or the error its
+        send raised, thrown in); returns what the save returns. A delta refused because its base
+        moved is sent again as a keyframe."""
+        for keyframe in (False, True):
+            call = self.commit_call(
+                partition_key, app_id, sequence_id, position, state, status, settle, keyframe
+            )
+            if call is None:
+                return None
+            try:
+                reply = yield call
+                return self.on_commit(reply, partition_key, app_id, sequence_id)
+            except BaseMoved:
+                self.rebase(partition_key, app_id, sequence_id)
+            except BaseException as e:
+                self.on_failure(partition_key, app_id, sequence_id, e)
+                raise
+        raise AssertionError("a keyframe commit cannot be refused as BaseMoved")
+
     def rebase(self, partition_key: str | None, app_id: str, sequence_id: int) -> None:
         """A delta was refused (BaseMoved: certainly not applied); a keyframe follows."""
         self._last_saved = None
@@ -226,21 +250,18 @@ class RedisPersister(BaseStatePersister):
     ) -> Committed | None:  # fmt: skip
         """``save``, and with ``settle`` (the worker, on a claim's last step) the settle of the
         lease in the same script: one round trip instead of two. None for a duplicate save."""
-        for keyframe in (False, True):  # a refused delta is sent again as a keyframe
-            call = self.core.commit_call(
-                partition_key, app_id, sequence_id, position, state, status, settle, keyframe
-            )
-            if call is None:
-                return None
-            try:
-                reply = self.store.run(call, before_try=self.core.before_try)
-                return self.core.on_commit(reply, partition_key, app_id, sequence_id)
-            except BaseMoved:
-                self.core.rebase(partition_key, app_id, sequence_id)
-            except BaseException as e:
-                self.core.on_failure(partition_key, app_id, sequence_id, e)
-                raise
-        raise AssertionError("a keyframe commit cannot be refused as BaseMoved")
+        flow = self.core.save_flow(partition_key, app_id, sequence_id, position, state, status, settle)
+        try:
+            call = next(flow)
+            while True:
+                try:
+                    reply = self.store.run(call, before_try=self.core.before_try)
+                except BaseException as e:
+                    call = flow.throw(e)
+                else:
+                    call = flow.send(reply)
+        except StopIteration as done:
+            return done.value
 
 
 class AsyncRedisPersister(AsyncBaseStatePersister):
@@ -286,18 +307,15 @@ class AsyncRedisPersister(AsyncBaseStatePersister):
         self, partition_key: str | None, app_id: str, sequence_id: int, position: str, state: State,
         status: str, settle: Settle | None = None,
     ) -> Committed | None:  # fmt: skip
-        for keyframe in (False, True):  # a refused delta is sent again as a keyframe
-            call = self.core.commit_call(
-                partition_key, app_id, sequence_id, position, state, status, settle, keyframe
-            )
-            if call is None:
-                return None
-            try:
-                reply = await self.store.run(call, before_try=self.core.before_try)
-                return self.core.on_commit(reply, partition_key, app_id, sequence_id)
-            except BaseMoved:
-                self.core.rebase(partition_key, app_id, sequence_id)
-            except BaseException as e:
-                self.core.on_failure(partition_key, app_id, sequence_id, e)
-                raise
-        raise AssertionError("a keyframe commit cannot be refused as BaseMoved")
+        flow = self.core.save_flow(partition_key, app_id, sequence_id, position, state, status, settle)
+        try:
+            call = next(flow)
+            while True:
+                try:
+                    reply = await self.store.run(call, before_try=self.core.before_try)
+                except BaseException as e:
+                    call = flow.throw(e)
+                else:
+                    call = flow.send(reply)
+        except StopIteration as done:
+            return done.value
