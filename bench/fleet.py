@@ -86,7 +86,8 @@ def child_burr(args: argparse.Namespace) -> None:
     def progress(event: Any) -> None:
         print("completed", flush=True)
 
-    worker = Worker(registry, url=args.url, prefix=args.prefix, concurrency=args.concurrency)
+    worker = Worker(registry, url=args.url, prefix=args.prefix, concurrency=args.concurrency,
+                    track=not args.no_track)  # fmt: skip
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return
@@ -119,7 +120,8 @@ class Bench:
     # -- burr_dist ---------------------------------------------------------------------------
     def burr_children(self, prefix: str, procs: int) -> Children:
         cmd = [self.args.burr_python, str(Path(__file__).resolve()), "--child", "burr", "--url", self.url,
-               "--prefix", prefix, "--concurrency", str(self.args.concurrency)]  # fmt: skip
+               "--prefix", prefix, "--concurrency", str(self.args.concurrency),
+               *(["--no-track"] if self.args.no_track else [])]  # fmt: skip
         return Children([cmd] * procs, self.logdir, prefix)
 
     def fleet(self, prefix: str) -> Any:
@@ -284,6 +286,8 @@ def main() -> None:
         "--rounds", type=int, default=3, help="runs of every row, interleaved; the fastest is kept"
     )
     ap.add_argument("--systems", default="burr_dist,arq,rq", help="comma-separated: burr_dist, arq, rq")
+    ap.add_argument("--no-track", action="store_true",
+                    help="burr_dist workers without Burr UI tracking records (on by default)")  # fmt: skip
     ap.add_argument("--arq-poll-delay", type=float, default=0.01, help="arq's own default is 0.5 s")
     ap.add_argument("--burr-python", default=str(ROOT / ".venv" / "bin" / "python"))
     ap.add_argument("--peer-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
@@ -317,7 +321,8 @@ def main() -> None:
         version = bench.r.info("server")["redis_version"]
         print(f"server={url} ({'embedded ' + server.kind if server else 'external'} {version}) "
               f"cpus={os.cpu_count()} load={'/'.join(f'{x:.2f}' for x in os.getloadavg())} "
-              f"concurrency={args.concurrency} rounds={args.rounds} arq_poll_delay={args.arq_poll_delay}s "
+              f"concurrency={args.concurrency} rounds={args.rounds} tracking={'off' if args.no_track else 'on'} "
+              f"arq_poll_delay={args.arq_poll_delay}s "
               f"burr_python={shown(args.burr_python)} peer_python={shown(args.peer_python) if peers else '-'}")  # fmt: skip
         print("timing: enqueue, start the workers idle, release -> the workers report the work done; latencies "
               "in ms from max(enqueue, release); server figures are INFO deltas over the timed phase")  # fmt: skip

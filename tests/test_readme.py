@@ -451,6 +451,14 @@ def test_bench_scripts_run_at_a_small_size(fleet_server: EmbeddedServer) -> None
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert fleet.returncode == 0, fleet.stderr
+    untracked = subprocess.run(  # README: `python bench/fleet.py --no-track`
+        [sys.executable, "bench/fleet.py", "--no-track", "--systems", "burr_dist", "--apps", "2",
+         "--ten-step-apps", "1", "--idle-apps", "1", "--idle-gap", "0.005", "--concurrency", "2",
+         "--scale-procs", "1", "--rounds", "1", "--burr-python", sys.executable],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert untracked.returncode == 0, untracked.stderr
+    assert " tracking=off " in untracked.stdout.splitlines()[0], untracked.stdout
     lines = fleet.stdout.splitlines()
     table = [line.split() for line in lines if len(line.split()) == 17 and line.split()[1].isdigit()]
     rows = [(r[0], r[1], f"{r[2]} {r[3]}", r[4], r[5]) for r in table]
