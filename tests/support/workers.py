@@ -54,6 +54,9 @@ def race(url: str, pk: str, app_id: str, target: int, go: str, ready: str) -> in
             conflicts += 1
             continue
         committed.append(seq)
+        # A step takes time in a real app. Without a pause, on a loaded 2-core machine the first
+        # racer to wake could commit all the steps before the others saw the start signal.
+        time.sleep(0.002)
     print(json.dumps({"pid": os.getpid(), "committed": committed, "conflicts": conflicts}), flush=True)
     return 0
 
