@@ -158,16 +158,18 @@ async def test_async_app_under_the_worker_commits_its_records(fleet_server: Embe
     w = Worker(reg, url=fleet_server.url, max_steps_per_claim=2, poll_interval=0.02, worker_id="wa")
     task = asyncio.create_task(w.run())
     keys = KeySchema("burr").app(PK, "tk")
+    admin = fleet_server.client()  # inspection: the fleet's URL may carry a restricted ACL user
     try:
         for _ in range(400):
-            if len(fleet.client.hkeys(keys.track)) >= 8:  # 6 steps over 3 claims, lo, app
+            if len(admin.hkeys(keys.track)) >= 8:  # 6 steps over 3 claims, lo, app
                 break
             await asyncio.sleep(0.02)
     finally:
         w.request_stop()
         await task
-    head = int(fleet.client.hget(keys.meta, "head"))
-    got = {int(k): orjson.loads(v) for k, v in fleet.client.hgetall(keys.track).items() if k.isdigit()}
+    head = int(admin.hget(keys.meta, "head"))
+    got = {int(k): orjson.loads(v) for k, v in admin.hgetall(keys.track).items() if k.isdigit()}
+    admin.close()
     assert sorted(got) == list(range(head + 1))
     assert all(
         [r["type"] for r in recs] == ["begin_entry", "end_entry", "attribute"] for recs in got.values()
