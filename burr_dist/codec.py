@@ -281,10 +281,10 @@ def decode_chain(blobs: Sequence[bytes], *, key: str, first_seq: int, partition_
     previous = first
     for i, entry in enumerate(entries[1:], start=1):
         where = f"{key}#{first_seq + i}"
-        if entry.is_keyframe or entry.base != previous.write_id:
+        if entry.is_keyframe or entry.base != previous.write_id or entry.keyframe != first_seq:
             raise CorruptSnapshot(
                 f"delta in {where!r} is not based on the entry before it (base {entry.base!r}, "
-                f"previous write {previous.write_id!r})",
+                f"previous write {previous.write_id!r}; keyframe {entry.keyframe}, chain from {first_seq})",
                 key=where,
             )
         apply_delta(state, entry.doc, key=where)
@@ -313,13 +313,6 @@ def decode_chain(blobs: Sequence[bytes], *, key: str, first_seq: int, partition_
         chain_bytes=sum(e.size for e in entries[1:]),
         state_bytes=sum(e.body_size for e in entries),
     )
-
-
-def decode_snapshot(blob: bytes, *, key: str, partition_key: str | None) -> PersistedStateData:
-    """Decode one full snapshot (a version 1 entry or a version 2 keyframe)."""
-    seq = key.rsplit("#", 1)[-1]
-    first = int(seq) if seq.isdigit() else 0
-    return decode_chain([blob], key=key.rsplit("#", 1)[0], first_seq=first, partition_key=partition_key).data
 
 
 def stored_steps(raw: Mapping[Any, Any], *, key: str) -> dict[int, dict[str, Any]]:

@@ -123,7 +123,6 @@ def wants_keyframe(base: Base | None, max_chain: int) -> bool:
 class Encoded:
     blob: bytes
     base: Base  # what this commit becomes once Redis accepts it
-    delta: bool
 
 
 def encode_commit(
@@ -162,7 +161,7 @@ def encode_commit(
             after = Base(sequence_id, write_id, usable.keyframe, usable.keyframe_bytes, usable.chain + 1,
                          usable.chain_bytes + len(blob), values, _sizes(values),
                          usable.state_bytes + len(body))  # fmt: skip
-            return Encoded(blob, after, delta=True)
+            return Encoded(blob, after)
         doc = codec.snapshot_meta(partition_key, app_id, sequence_id, position, status)
     doc["state"] = codec.serialize_fields(values, state)
     body = codec.dumps(doc, app_id=app_id, sequence_id=sequence_id)
@@ -177,7 +176,7 @@ def encode_commit(
     # A small state's next commit is a keyframe too (wants_keyframe): no sizes needed for it.
     sizes = _sizes(values) if len(body) >= SMALL_STATE_BYTES else {}
     after = Base(sequence_id, write_id, sequence_id, len(blob), 0, 0, values, sizes, len(body))
-    return Encoded(blob, after, delta=False)
+    return Encoded(blob, after)
 
 
 class Bases:
