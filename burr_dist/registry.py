@@ -148,6 +148,10 @@ class Registry:
 
         return register
 
+    def wants(self, kind: str) -> bool:
+        """Whether any hook listens to ``kind`` (an event nobody hears is not even built)."""
+        return bool(self.hooks.get(kind))
+
     async def emit(self, event: FleetEvent) -> None:
         """Call the hooks of ``event.kind``; a failing hook is logged and never affects the app."""
         for hook in self.hooks.get(event.kind, ()):

@@ -22,9 +22,11 @@ one tracker must be added once per app (the worker makes one per build).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
+import weakref
 from typing import Any
 
 import orjson
@@ -67,14 +69,32 @@ def _bounded(value: Any) -> Any:
     return {"burr_dist_truncated": True, "bytes": len(text), "preview": text[:512].decode(errors="replace")}
 
 
+# Source text by the function (or class) an action comes from: inspect.getsource re-reads and
+# tokenizes the module, which cost more than the rest of a one-step app; weak keys, so actions
+# made per build (closures) are neither found again nor kept.
+_SOURCES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _source(action: Any) -> str:
+    origin = getattr(action, "_originating_fn", None) or type(action)
+    try:
+        return _SOURCES[origin]
+    except (KeyError, TypeError):
+        pass
+    try:
+        code = str(action.get_source())
+    except Exception:
+        code = ""
+    with contextlib.suppress(TypeError):  # not weak-referenceable: not cached
+        _SOURCES[origin] = code
+    return code
+
+
 def graph_record(graph: Any) -> dict[str, Any]:
     """Burr's ``ApplicationModel`` of an ``ApplicationGraph``, as a plain dict."""
     actions = []
     for a in graph.actions:
-        try:
-            code = a.get_source()
-        except Exception:
-            code = ""
+        code = _source(a)
         optional, required = a.optional_and_required_inputs
         actions.append(
             {
