@@ -92,7 +92,7 @@ def child_burr(args: argparse.Namespace) -> None:
     if sys.stdin.readline().strip() != "go":
         return
     worker.run_forever()
-    trips = worker.fleet.transport.round_trips + worker.sync_store.transport.round_trips
+    trips = worker.fleet.transport.round_trips
     print("json " + json.dumps({"round_trips": trips}), flush=True)
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from burr_dist.errors import AppNotRunnable, CorruptSnapshot, LeaseNotHeld
 from burr_dist.lease import AsyncLease
+from burr_dist.transport import Cmd
 
 if TYPE_CHECKING:
     from burr_dist.queue import AsyncFleetClient
@@ -61,11 +62,33 @@ class Refused:
     run_at_ms: int | None
 
 
+class Outbox:
+    """The queue side of settled claims (ack.lua, and the expiry of a finished app's keys), sent
+    with the worker's next claim round trip instead of one of their own. Only what follows a
+    successful settle goes in here (an ack must never follow a refused one: burr_dist/running.py).
+    A claim round follows every settle (the finished claim freed a slot), and a stopping worker
+    flushes what is left; if it dies first, the entries expire and are swept, as for a crash."""
+
+    def __init__(self) -> None:
+        self.cmds: list[Cmd] = []
+        self.claims = 0  # settled claims whose commands are waiting
+
+    def put(self, cmds: list[Cmd]) -> None:
+        self.cmds += cmds
+        self.claims += 1
+
+    def take(self) -> tuple[list[Cmd], int]:
+        out, n = self.cmds, self.claims
+        self.cmds, self.claims = [], 0
+        return out, n
+
+
 class Claimer:
     def __init__(
         self, fleet: AsyncFleetClient, worker_id: str, lease_ttl: float, poll_interval: float
     ) -> None:
         self.fleet = fleet
+        self.outbox = Outbox()
         self.worker_id = worker_id
         self.lease_ttl = lease_ttl
         self.poll_interval = poll_interval
@@ -85,16 +108,14 @@ class Claimer:
         or is ``PEEK_EVERY`` seconds old (apps queued since, in other shards, wait that long)."""
         known = self._heads.get(queue)
         if known is None or not known[1] or time.monotonic() - known[0] > PEEK_EVERY:
-            known = self._heads[queue] = (
-                time.monotonic(),
-                self.fleet.read_peek(await self.fleet.commands(self.fleet.peek_cmds(queue))),
-            )
+            peek = await self._send(self.fleet.peek_cmds(queue))
+            known = self._heads[queue] = (time.monotonic(), self.fleet.read_peek(peek))
         heads = known[1]
         out: list[Claim] = []
         while len(out) < free and heads:
             shard = min(heads, key=heads.__getitem__)
             want = free - len(out)
-            reply = await self.fleet.run(self.fleet.claim_call(queue, shard, want, self.claim_ms))
+            (reply,) = await self._send([self.fleet.claim_call(queue, shard, want, self.claim_ms).cmd()])
             deadline, head, members = self.fleet.read_claim(reply)
             out += [Claim(queue, m, deadline) for m in members]
             if head is None:
@@ -103,7 +124,30 @@ class Claimer:
                 heads[shard] = head
             if not members:
                 break  # the picture is stale (another worker was faster): peek next time
+        await self.flush()
         return out
+
+    async def _send(self, cmds: list[Cmd]) -> list[Any]:
+        """``cmds``' replies; the outbox goes out in the same round trip (per node)."""
+        acks, n = self.outbox.take()
+        if not acks:
+            return await self.fleet.commands(cmds)
+        try:
+            replies = await self.fleet.commands([*acks, *cmds], durable=True)
+        except Exception as e:
+            log.warning("queue ack of %d settled apps failed (the sweep requeues them): %s", n, e)
+            raise
+        return replies[len(acks) :]
+
+    async def flush(self) -> None:
+        """Send what the outbox holds in a round trip of its own (nothing to claim with it)."""
+        acks, n = self.outbox.take()
+        if not acks:
+            return
+        try:
+            await self.fleet.commands(acks, durable=True)
+        except Exception as e:  # settled: the entries expire, the sweep requeues them, the claim drops them
+            log.warning("queue ack of %d settled apps failed (the sweep requeues them): %s", n, e)
 
     async def acquire(self, claims: list[Claim]) -> list[Claim | Refused]:
         """Lease every claimed app in one batch (one round trip per node)."""

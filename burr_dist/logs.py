@@ -31,6 +31,7 @@ EVENTS = (
     "store_rewound",
     "swept",
     "metrics_serving",
+    "inline_demoted",
 )
 FIELDS = ("app_id", "partition_key", "sequence_id", "worker", "queue", "outcome", "error")
 FORMATS = ("text", "json")

@@ -16,7 +16,14 @@ from burr.core.state import State
 
 from burr_dist import codec
 from burr_dist.deltas import Base
-from burr_dist.errors import BaseMoved, LeaseLost, NotDurable, SequenceConflict, StoreRewound
+from burr_dist.errors import (
+    BaseMoved,
+    ConfigurationError,
+    LeaseLost,
+    NotDurable,
+    SequenceConflict,
+    StoreRewound,
+)
 from burr_dist.lease import LeaseCore
 from burr_dist.store import AsyncRedisStore, Call, Committed, RedisStore, Settle, StoreCore
 
@@ -319,3 +326,32 @@ class AsyncRedisPersister(AsyncBaseStatePersister):
                     call = flow.send(reply)
         except StopIteration as done:
             return done.value
+
+
+class LoadedState(BaseStatePersister):
+    """A sync loader for ``initialize_from`` whose one answer was read beforehand (by the async
+    persister, on the loop): a sync app is built with ``build()``, so that Burr lets it step
+    synchronously, without a sync Redis client. It only loads, and only what it was given."""
+
+    def __init__(self, key: tuple[str | None, str, int | None], answer: PersistedStateData | None) -> None:
+        self.key = key
+        self.answer = answer
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def load(
+        self, partition_key: str | None, app_id: str | None, sequence_id: int | None = None, **kwargs: Any
+    ) -> PersistedStateData | None:
+        if (partition_key, app_id, sequence_id) != self.key:
+            raise ConfigurationError(
+                f"load of {(partition_key, app_id, sequence_id)!r} asked of a loader holding {self.key!r}",
+                app_id=app_id,
+            )
+        return self.answer
+
+    def list_app_ids(self, partition_key: str | None, **kwargs: Any) -> list[str]:
+        raise ConfigurationError("LoadedState lists nothing: it holds one loaded state")
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        raise ConfigurationError("LoadedState saves nothing: commits go through the worker's persister")

@@ -1,5 +1,9 @@
 """Running one claim: build the app from its lease, step it, commit every step fenced, then settle
-the app and ack its queue entry together.
+the app (with its last commit when it can) and hand its queue ack to the worker's outbox.
+
+Where steps run: async actions on the event loop; sync actions on the loop too once the inline
+policy saw them fast in the thread pool, else in the pool (burr_dist/inline.py). Commits always
+go through the async persister on the loop: no sync client, no thread hop for I/O.
 
 Crash points after the lease (see burr_dist/claiming.py for those before it):
 
@@ -12,7 +16,8 @@ Crash points after the lease (see burr_dist/claiming.py for those before it):
    as for a crash. If the worker dies between the two, the stale active entry is swept back to
    ready and the next claim reads a terminal or waiting record (acquire.lua: not runnable) and
    drops it, or a due queued record and runs it, which is what settle asked for. (The two cannot
-   share a round trip: they are different slots, and an ack must not follow a refused settle.)
+   share a script: they are different slots, and an ack must not follow a refused settle. The
+   ack waits in the outbox for the worker's next claim round trip: burr_dist/claiming.py.)
 """
 
 from __future__ import annotations
@@ -28,13 +33,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from burr.core import Application
 
-from burr_dist.claiming import Claim
+from burr_dist.claiming import Claim, Outbox
 from burr_dist.errors import ConfigurationError, LeaseError, LeaseLost, SequenceConflict, StoreRewound
+from burr_dist.inline import InlinePolicy
 from burr_dist.lease import AsyncLease
 from burr_dist.observe import NOOP, Observer
-from burr_dist.persister import AsyncRedisPersister, RedisPersister
+from burr_dist.persister import AsyncRedisPersister, LoadedState
 from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
-from burr_dist.store import Committed, RedisStore, Settle
+from burr_dist.store import Committed, Settle
 from burr_dist.trackers import resume_without_parent
 from burr_dist.tracking import StepTracker
 
@@ -43,34 +49,6 @@ if TYPE_CHECKING:
     from burr_dist.queue import AsyncFleetClient
 
 log = logging.getLogger(__name__)
-
-
-class _ActionFailed(Exception):
-    """The Burr action raised (as opposed to the commit that follows it)."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _step_and_commit(
-    app: Application, persister: RedisPersister, lease: AsyncLease, inputs: Any,
-    plan: Callable[[], Settle | None], observe: Callable[[float], None],
-) -> Committed | None:  # fmt: skip
-    """One sync step and its commit; ``plan`` (called once the step ran) may add the settle;
-    ``observe`` gets the commit's duration."""
-    try:
-        action, _, state = app.step(inputs=inputs)  # type: ignore[misc]
-    except Exception as e:
-        raise _ActionFailed(e) from e
-    assert app.sequence_id is not None
-    settle = plan()
-    started = time.perf_counter()
-    committed = persister.save_and_settle(
-        lease.partition_key, lease.app_id, app.sequence_id, action.name, state, "completed", settle
-    )
-    observe(time.perf_counter() - started)
-    return committed
 
 
 @dataclass
@@ -127,7 +105,6 @@ class ClaimRunner:
     def __init__(
         self,
         fleet: AsyncFleetClient,
-        sync_store: RedisStore,
         registry: Registry,
         pool: ThreadPoolExecutor,
         *,
@@ -139,10 +116,13 @@ class ClaimRunner:
         on_rewound: Callable[[StoreRewound], None],
         observer: Observer = NOOP,
         track: bool = True,
+        outbox: Outbox | None = None,
+        inline: InlinePolicy | None = None,
     ) -> None:
         self.fleet = fleet
+        self.outbox = outbox  # None: each ack is its own round trip
         self.track = track
-        self.sync_store = sync_store
+        self.inline = inline or InlinePolicy()  # where sync actions run: burr_dist/inline.py
         self.registry = registry
         self._pool = pool
         self.id = worker_id
@@ -208,7 +188,8 @@ class ClaimRunner:
     async def _emit(
         self, kind: str, spec_name: str, lease: AsyncLease, app: Application | None, error: str | None = None
     ) -> None:
-        await self.registry.emit(self._event(kind, spec_name, lease, app, error))
+        if self.registry.wants(kind):
+            await self.registry.emit(self._event(kind, spec_name, lease, app, error))
 
     async def _settle(self, lease: AsyncLease, status: str, **kw: Any) -> tuple[str, int | None]:
         """settle.lua, then (only once it succeeded) ack.lua (see the module doc)."""
@@ -239,6 +220,9 @@ class ClaimRunner:
         cmds = [ack.cmd()]
         if settled == "completed" and self.config.finished_ttl:
             cmds += self.fleet.expire_cmds(lease.partition_key, lease.app_id, None)
+        if self.outbox is not None:  # the worker's next claim round trip carries it
+            self.outbox.put(cmds)
+            return settled, run_at
         try:
             await self.fleet.commands(cmds, durable=True)
         except Exception as e:  # settled: the entry expires, the sweep requeues it, the claim drops it
@@ -251,29 +235,16 @@ class ClaimRunner:
         job = lease.job
         try:
             spec = self.registry.get(name)
-            builder, persister, is_async = self._prepare(spec, lease, job)
+            app, persister = await self._build(spec, lease, job)
         except Exception as e:
             return await self._build_failed(lease, name, e)
         head = lease.head["sequence_id"] if lease.head is not None else None
         inputs_at = job.get("inputs_at", "-")
         pending = job.get("inputs") if inputs_at == ("" if head is None else str(head)) else None
-        run = _Run(spec, lease, persister, orjson.loads(pending) if pending else None)
-        if is_async:
-            try:
-                run.app = await builder.abuild()
-            except Exception as e:
-                return await self._build_failed(lease, name, e)
-            await self._emit("claimed", name, lease, run.app)
-            await self._async_steps(run)
-        else:
-            # A sync app runs its whole claim (build, steps, commits) in one hand-off to the pool:
-            # every hop costs a thread switch and GIL contention, and its actions may block.
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._pool, self._sync_steps, run, builder, loop)
-            if run.app is None:
-                assert run.error is not None
-                return await self._build_failed(lease, name, run.error)
-        return await self._finish(run, is_async)
+        run = _Run(spec, lease, persister, orjson.loads(pending) if pending else None, app)
+        await self._emit("claimed", name, lease, run.app)
+        await self._steps(run)
+        return await self._finish(run)
 
     def _decide(self, run: _Run) -> tuple[str, Any]:
         """What to do next with a claimed app (no I/O): step, or end the claim and how."""
@@ -336,7 +307,10 @@ class ClaimRunner:
         required, optional = nxt.inputs
         return {k: v for k, v in run.pending.items() if k in (*required, *optional)}
 
-    async def _async_steps(self, run: _Run) -> None:
+    async def _steps(self, run: _Run) -> None:
+        """Step and commit until the claim ends. Async actions run on the loop; a sync action runs
+        on the loop too when the inline policy knows it as fast, otherwise in the thread pool.
+        Every commit goes through the async persister (no sync client, no thread for I/O)."""
         assert run.app is not None
         while True:
             run.end, info = self._decide(run)
@@ -345,7 +319,7 @@ class ClaimRunner:
                 return
             run.lease.check()
             try:
-                action, _, state = await run.app.astep(inputs=self._inputs(run, info))  # type: ignore[misc]
+                action, _, state = await self._step(run, info)
             except Exception as e:
                 if isinstance(e, (LeaseError, SequenceConflict)):
                     raise
@@ -367,44 +341,25 @@ class ClaimRunner:
             if ends:
                 return
 
-    def _sync_steps(self, run: _Run, builder: Any, loop: asyncio.AbstractEventLoop) -> None:
-        """The sync twin of _async_steps, on a pool thread: build too; events go to the loop."""
-
-        def emit(kind: str) -> None:
-            event = self._event(kind, run.spec.name, run.lease, run.app)
-            loop.call_soon_threadsafe(lambda: loop.create_task(self.registry.emit(event)))
-
-        try:
-            run.app = builder.build()
-        except Exception as e:
-            run.error = e
-            return
-        emit("claimed")
-        while True:
-            run.end, info = self._decide(run)
-            if run.end != "step":
-                run.waiting_for = info if run.end == "waiting" else ""
-                return
-            run.lease.check()
+    async def _step(self, run: _Run, nxt: Any) -> Any:
+        """One Burr step of ``run``'s app: (action, result, state)."""
+        app = run.app
+        assert app is not None
+        inputs = self._inputs(run, nxt)
+        if nxt.is_async():
+            return await app.astep(inputs=inputs)
+        name, action = run.spec.name, nxt.name
+        if self.inline.inline(name, action):
+            started = time.perf_counter()
             try:
-                committed = _step_and_commit(
-                    run.app, run.persister, run.lease, self._inputs(run, info), lambda: self._plan_settle(run),
-                    lambda seconds: self.observer.committed(run.spec.name, "completed", seconds),
-                )  # fmt: skip
-            except _ActionFailed as failed:
-                if isinstance(failed.error, (LeaseError, SequenceConflict)):
-                    raise failed.error from None
-                run.end, run.position, run.error = "action_failed", info.name, failed.error
-                return
-            except BaseException:
-                self._commit_failed(run)
-                raise
-            ends = self._step_done(run, committed)
-            emit("step_committed")
-            if ends:
-                return
+                return app.step(inputs=inputs)
+            finally:
+                self.inline.observe(name, action, time.perf_counter() - started, inline=True)
+        out, seconds = await asyncio.get_running_loop().run_in_executor(self._pool, _timed_step, app, inputs)
+        self.inline.observe(name, action, seconds, inline=False)
+        return out
 
-    async def _finish(self, run: _Run, is_async: bool) -> tuple[str, int | None]:
+    async def _finish(self, run: _Run) -> tuple[str, int | None]:
         """Settle (with the queue ack) as the claim's end asks, and tell the hooks."""
         lease, name, app, consumed = run.lease, run.spec.name, run.app, run.consumed
         assert app is not None
@@ -420,7 +375,7 @@ class ClaimRunner:
         if run.end == "action_failed":
             assert run.error is not None
             return await self._action_failed(
-                run.spec, lease, app, run.persister, is_async, run.position, run.error, consumed
+                run.spec, lease, app, run.persister, run.position, run.error, consumed
             )
         if run.end == "completed":
             result = await self._settle(lease, "completed", attempts="reset", consumed=consumed)
@@ -454,7 +409,7 @@ class ClaimRunner:
         return result
 
     async def _action_failed(
-        self, spec: AppSpec, lease: AsyncLease, app: Application, persister: Any, is_async: bool,
+        self, spec: AppSpec, lease: AsyncLease, app: Application, persister: AsyncRedisPersister,
         position: str, error: Exception, consumed: bool,
     ) -> tuple[str, int | None]:  # fmt: skip
         if isinstance(error, (LeaseError, SequenceConflict)):
@@ -463,7 +418,10 @@ class ClaimRunner:
         # rebuilt app re-runs the action at the next sequence id.
         self.observer.action_failed(spec.name)
         started = time.perf_counter()
-        await self._save(persister, is_async, lease, app.sequence_id, position, app.state, "failed")
+        assert app.sequence_id is not None
+        await persister.save(
+            lease.partition_key, lease.app_id, app.sequence_id, position, app.state, "failed"
+        )
         self.observer.committed(spec.name, "failed", time.perf_counter() - started)
         attempts = int(lease.job.get("attempts") or 0) + 1
         text = f"{type(error).__name__}: {error}"
@@ -489,27 +447,30 @@ class ClaimRunner:
                         extra=self._fields(lease, "app_failed", text, sequence_id=app.sequence_id))  # fmt: skip
         return result
 
-    async def _save(
-        self,
-        persister: Any,
-        is_async: bool,
-        lease: AsyncLease,
-        seq: int | None,
-        position: str,
-        state: Any,
-        status: str,
-    ) -> None:
-        assert seq is not None
+    async def _build(
+        self, spec: AppSpec, lease: AsyncLease, job: dict[str, str]
+    ) -> tuple[Application, AsyncRedisPersister]:
+        """The app, built from its lease, and the persister its steps commit through. The lease's
+        acquire loaded the head, so a build costs no round trip (a fork reads its source).
+        An app with an async action is built with ``abuild()``; an all-sync one with ``build()``
+        from a loader holding that answer: Burr refuses a sync step of an ``abuild()`` app, and
+        a sync action may have to run on a pool thread."""
+        builder, persister, is_async = self._prepare(spec, lease, job)
         if is_async:
-            await persister.save(lease.partition_key, lease.app_id, seq, position, state, status)
+            return await builder.abuild(), persister
+        # What initialize_from will load (Burr's rule: the fork's source, else this app).
+        if builder.fork_from_app_id is not None:
+            key = (builder.fork_from_partition_key, builder.fork_from_app_id, builder.fork_from_sequence_id)
         else:
-            await asyncio.get_running_loop().run_in_executor(
-                self._pool, persister.save, lease.partition_key, lease.app_id, seq, position, state, status
-            )
+            key = (builder.partition_key, builder.app_id, builder.sequence_id)
+        builder.state_initializer = LoadedState(key, await persister.load(*key))
+        return builder.build(), persister
 
-    def _prepare(self, spec: AppSpec, lease: AsyncLease, job: dict[str, str]) -> tuple[Any, Any, bool]:
-        """The builder (identifiers and initialize_from added), its persister, and whether the
-        app is async. Building it loads state: that happens on the loop (async) or the pool."""
+    def _prepare(
+        self, spec: AppSpec, lease: AsyncLease, job: dict[str, str]
+    ) -> tuple[Any, AsyncRedisPersister, bool]:
+        """The builder (identifiers and initialize_from added), its persister, and whether an
+        action is async."""
         builder = spec.factory(AppContext(spec.name, lease.app_id, lease.partition_key))
         resume_without_parent(builder)  # a .with_tracker() that fails a resume otherwise
         graph = builder.graph_builder
@@ -518,9 +479,7 @@ class ClaimRunner:
                 f"factory of {spec.name!r} returned a builder without actions", name=spec.name
             )
         is_async = any(a.is_async() for a in graph.actions)
-        persister: Any = (
-            AsyncRedisPersister(self.fleet, lease) if is_async else RedisPersister(self.sync_store, lease)
-        )
+        persister = AsyncRedisPersister(self.fleet, lease)
         persister.core.history = self.history
         if self.track:  # issue 11: one tracker per build, its records committed with each step
             tracker = StepTracker(worker=self.id, project=spec.name)
@@ -539,3 +498,10 @@ class ClaimRunner:
             default_entrypoint=job.get("entrypoint") or spec.entrypoint, **fork,
         )  # fmt: skip
         return builder, persister, is_async
+
+
+def _timed_step(app: Application, inputs: dict[str, Any] | None) -> tuple[Any, float]:
+    """A sync step on a pool thread, and how long it took there (the hop is not counted)."""
+    started = time.perf_counter()
+    out = app.step(inputs=inputs)
+    return out, time.perf_counter() - started

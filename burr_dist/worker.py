@@ -4,8 +4,9 @@
 rewound store) and composes three parts, each testable alone:
 
 * :class:`~burr_dist.claiming.Claimer`: which apps to claim (fairest queue shard first), their
-  leases in one batch, and waking up on enqueues;
-* :class:`~burr_dist.running.ClaimRunner`: one claim from build to settle;
+  leases in one batch, waking up on enqueues, and the outbox of acks riding on its claims;
+* :class:`~burr_dist.running.ClaimRunner`: one claim from build to settle (where sync actions
+  run: :class:`~burr_dist.inline.InlinePolicy`);
 * :class:`~burr_dist.upkeep.Upkeep`: heartbeat, store epochs, claim deadlines, sweeps.
 
 Their modules document the crash points of a claim and how each recovers.
@@ -25,14 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from burr_dist.claiming import Claim, Claimer, Refused
-from burr_dist.connection import aconnect, connect, resolve_target
+from burr_dist.connection import aconnect, resolve_target
 from burr_dist.errors import BurrDistError, ConfigurationError, StoreRewound
+from burr_dist.inline import InlinePolicy
 from burr_dist.observe import NOOP, Observer
 from burr_dist.queue import DEFAULT_QUEUE, AsyncFleetClient
 from burr_dist.registry import Registry
 from burr_dist.running import ClaimRunner, Recorder
 from burr_dist.safety import check_eviction_policy, check_replicas
-from burr_dist.store import RedisStore, StoreConfig
+from burr_dist.store import StoreConfig
 from burr_dist.transport import Cmd
 from burr_dist.upkeep import Upkeep
 
@@ -69,6 +71,7 @@ class Worker:
         wait_timeout_ms: int | None = None,
         observer: Observer | None = None,
         track: bool = True,
+        inline_ms: float = 2.0,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1", concurrency=concurrency)
@@ -78,6 +81,8 @@ class Worker:
             raise ConfigurationError(
                 f"poll_interval must be > 0 s, got {poll_interval!r}", poll_interval=poll_interval
             )
+        if not inline_ms >= 0:  # also refuses NaN
+            raise ConfigurationError(f"inline_ms must be >= 0, got {inline_ms!r}", inline_ms=inline_ms)
         self.registry = registry
         self.target = resolve_target(url)
         self.url = self.target
@@ -107,6 +112,8 @@ class Worker:
         self.fatal: StoreRewound | None = None
         self.observer = observer or NOOP
         self.track = track  # Burr tracking records committed with each step (burr-dist ui)
+        # Sync actions faster than this run on the event loop (burr_dist/inline.py); 0: never.
+        self.inline = InlinePolicy(budget=inline_ms / 1000)
 
     @property
     def held_apps(self) -> int:
@@ -152,7 +159,6 @@ class Worker:
         if self.stopping:
             self._stop.set()
         self.fleet = AsyncFleetClient(aconnect(self.url), self.config)
-        self.sync_store = RedisStore(connect(self.url), self.config)
         for q in self.queues:
             self.fleet.schema.queue_shard(q, 0)  # validates the name
         try:
@@ -162,13 +168,13 @@ class Worker:
             await self.fleet.commands([self.fleet.queue_name_cmd(self.queues)])
         except BaseException:
             await self.fleet.aclose()
-            self.sync_store.client.close()
             raise
         self.claimer = Claimer(self.fleet, self.id, self.lease_ttl, self.poll_interval)
         self.runner = ClaimRunner(
-            self.fleet, self.sync_store, self.registry, self._pool, worker_id=self.id,
+            self.fleet, self.registry, self._pool, worker_id=self.id,
             max_steps=self.max_steps, max_seconds=self.max_seconds, stopping=lambda: self.stopping,
             recorder=self.recorder, on_rewound=self._rewound, observer=self.observer, track=self.track,
+            outbox=self.claimer.outbox, inline=self.inline,
         )  # fmt: skip
         self.upkeep = Upkeep(
             self.fleet, self.id, self.queues, self.concurrency, self.lease_ttl, self.sweep_interval,
@@ -183,6 +189,7 @@ class Worker:
             await self._claim_loop()
             if self._tasks:
                 await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            await self.claimer.flush()
         finally:
             background.cancel()
             await self.claimer.close()
@@ -192,7 +199,6 @@ class Worker:
             except Exception as e:  # the registry entry expires on its own
                 log.warning("could not deregister worker %s: %s", self.id, e)
             await self.fleet.aclose()
-            self.sync_store.client.close()
             self._pool.shutdown(wait=False)
             log.info("worker %s stopped after %d claims", self.id, self.completed_claims,
                      extra={"event": "worker_stopped", "worker": self.id})  # fmt: skip

@@ -219,6 +219,8 @@ BAD_INPUTS = [
     (["worker", "examples.apps", "--poll-interval", "0"], 2, ""),
     (["worker", "examples.apps", "--poll-interval", "nan"], 6, "poll_interval must be > 0 s, got nan"),
     (["worker", "examples.apps", "--log-level", "loud"], 2, ""),
+    (["worker", "examples.apps", "--inline-ms", "-1"], 2, ""),
+    (["worker", "examples.apps", "--inline-ms", "nan"], 6, "inline_ms must be >= 0, got nan"),
 ]
 
 
@@ -263,13 +265,16 @@ def test_worker_log_level_any_case_and_poll_interval(
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(logging, "basicConfig", lambda **kw: seen.update(level=kw["level"]))
-    monkeypatch.setattr(Worker, "run_forever", lambda self: seen.update(poll=self.poll_interval))
+    monkeypatch.setattr(
+        Worker, "run_forever", lambda self: seen.update(poll=self.poll_interval, inline=self.inline.budget)
+    )
     monkeypatch.syspath_prepend(str(ROOT))
-    result = run(fleet_server.url, "worker", "examples.apps", "--log-level", level, "--poll-interval", "0.25")
+    result = run(fleet_server.url, "worker", "examples.apps", "--log-level", level, "--poll-interval", "0.25",
+                 "--inline-ms", "0")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert seen == {"level": level.upper(), "poll": 0.25}
+    assert seen == {"level": level.upper(), "poll": 0.25, "inline": 0.0}
     assert run(fleet_server.url, "worker", "examples.apps").exit_code == 0
-    assert seen == {"level": "INFO", "poll": 0.1}  # the defaults
+    assert seen == {"level": "INFO", "poll": 0.1, "inline": 0.002}  # the defaults
 
 
 @pytest.mark.parametrize(

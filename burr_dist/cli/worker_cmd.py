@@ -98,6 +98,13 @@ from burr_dist.queue import DEFAULT_QUEUE
     show_default=True,
     help="Commit Burr tracking records with each step, for `burr-dist ui` (cost: README, Burr UI).",
 )
+@click.option(
+    "--inline-ms",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Sync actions seen faster than this in the thread pool run on the event loop (0: never).",
+)
 @json_flag
 def worker(
     module: str,
@@ -116,6 +123,7 @@ def worker(
     metrics_port: int | None,
     metrics_host: str,
     track: bool,
+    inline_ms: float,
 ) -> None:
     """Run a worker for the apps registered in MODULE.
 
@@ -153,6 +161,7 @@ def worker(
         worker_id=worker_id,
         allow_evicting_redis=allow_evicting_redis,
         track=track,
+        inline_ms=inline_ms,
     )
     check_redis(s.url).close()
     if metrics_port is not None:

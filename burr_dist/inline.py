@@ -1,0 +1,66 @@
+"""Where a sync Burr action runs: on the worker's event loop, or in its thread pool.
+
+A hop to the pool and back costs two thread switches and a fight for the GIL with the loop, which
+is more than a fast action itself (a one-step app spent more time in the hop than in Burr). An
+action that blocks on I/O must not run on the loop: every other app of the worker, and the
+renewal of their leases, would wait for it. So the worker learns it per action (app name and
+action name; sans-IO here, the runner measures):
+
+* an action runs in the pool until it has run there ``warmup`` times; if its fastest run took
+  less than ``budget`` seconds, it runs on the loop from then on;
+* an action that takes longer than ``10 * budget`` on the loop goes back to the pool for good
+  (a warning names it): such a stall happens at most once per action and worker process;
+* an action that never ran fast in the pool never runs on the loop (an LLM call, a sleep).
+
+``budget=0`` turns it off: every sync action runs in the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+DEMOTE_FACTOR = 10  # a run on the loop this many budgets long sends the action back to the pool
+
+
+@dataclass
+class _Seen:
+    runs: int = 0  # runs in the pool
+    fastest: float = float("inf")  # seconds, of a run in the pool
+    demoted: bool = False
+
+
+class InlinePolicy:
+    def __init__(self, budget: float = 0.002, warmup: int = 3) -> None:
+        if not budget >= 0:  # also refuses NaN
+            raise ValueError(f"inline budget must be >= 0 s, got {budget!r}")
+        if warmup < 1:
+            raise ValueError(f"inline warmup must be >= 1 run, got {warmup!r}")
+        self.budget = budget
+        self.warmup = warmup
+        self._seen: dict[tuple[str, str], _Seen] = {}
+
+    def inline(self, app: str, action: str) -> bool:
+        """Whether the next run of ``action`` (of app ``app``) goes on the event loop."""
+        seen = self._seen.get((app, action))
+        return (
+            seen is not None and not seen.demoted and seen.runs >= self.warmup and seen.fastest < self.budget
+        )
+
+    def observe(self, app: str, action: str, seconds: float, *, inline: bool) -> None:
+        """A run of ``action`` took ``seconds`` (on the loop when ``inline``)."""
+        if self.budget <= 0:
+            return
+        seen = self._seen.setdefault((app, action), _Seen())
+        if not inline:
+            seen.runs += 1
+            seen.fastest = min(seen.fastest, seconds)
+        elif seconds > DEMOTE_FACTOR * self.budget and not seen.demoted:
+            seen.demoted = True
+            log.warning(
+                "sync action %r of app %r took %.1f ms on the event loop; it runs in the thread pool "
+                "from now on", action, app, seconds * 1000,
+                extra={"event": "inline_demoted"},
+            )  # fmt: skip

@@ -1,0 +1,188 @@
+"""Where sync actions run (burr_dist/inline.py): fast ones on the event loop once the pool showed
+them fast, blocking ones always in the pool (the loop stays responsive), a fast one that blocks
+once on the loop back to the pool for good; and the queue acks riding on the claim round trips."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+import pytest
+from burr.core import ApplicationBuilder, State, action
+
+from burr_dist import FleetClient, Registry
+from burr_dist.connection import connect
+from burr_dist.embedded import EmbeddedServer
+from burr_dist.errors import ConfigurationError
+from burr_dist.inline import InlinePolicy
+from burr_dist.queue import EnqueueRequest
+from burr_dist.registry import AppContext
+from burr_dist.worker import Worker
+
+POOL = "burr-dist-step"
+
+
+# -- the policy alone ----------------------------------------------------------------------------
+def test_an_action_runs_inline_once_the_pool_showed_it_fast() -> None:
+    p = InlinePolicy(budget=0.002, warmup=3)
+    assert not p.inline("app", "a")
+    for _ in range(2):
+        p.observe("app", "a", 0.0001, inline=False)
+        assert not p.inline("app", "a")
+    p.observe("app", "a", 0.0001, inline=False)
+    assert p.inline("app", "a")
+    assert not p.inline("other", "a")  # per app and action
+
+
+def test_an_action_never_fast_in_the_pool_never_runs_inline() -> None:
+    p = InlinePolicy(budget=0.002, warmup=3)
+    for _ in range(50):
+        p.observe("app", "llm", 0.2, inline=False)
+    assert not p.inline("app", "llm")
+
+
+def test_a_long_run_on_the_loop_sends_the_action_back_to_the_pool_for_good(caplog: Any) -> None:
+    p = InlinePolicy(budget=0.002, warmup=1)
+    p.observe("app", "a", 0.0001, inline=False)
+    p.observe("app", "a", 0.015, inline=True)  # over budget, under 10 budgets: stays
+    assert p.inline("app", "a")
+    with caplog.at_level(logging.WARNING, logger="burr_dist.inline"):
+        p.observe("app", "a", 0.05, inline=True)
+    assert not p.inline("app", "a")
+    assert [r.event for r in caplog.records] == ["inline_demoted"]  # type: ignore[attr-defined]
+    for _ in range(10):
+        p.observe("app", "a", 0.0001, inline=False)
+    assert not p.inline("app", "a")
+
+
+def test_budget_zero_keeps_every_sync_action_in_the_pool() -> None:
+    p = InlinePolicy(budget=0.0)
+    for _ in range(10):
+        p.observe("app", "a", 0.0, inline=False)
+    assert not p.inline("app", "a")
+
+
+@pytest.mark.parametrize("budget", [-1.0, float("nan")])
+def test_bad_budgets_are_refused(budget: float) -> None:
+    with pytest.raises(ValueError, match="inline budget"):
+        InlinePolicy(budget=budget)
+    with pytest.raises(ConfigurationError, match="inline_ms"):
+        Worker(Registry(), url="redis://127.0.0.1:1/0", inline_ms=budget * 1000)
+
+
+# -- under the worker ----------------------------------------------------------------------------
+def _registry(runs: dict[str, list[str]], slow_after: dict[str, int]) -> Registry:
+    """Apps ``fast`` and ``slow`` (one step each); each run records the thread it ran on.
+    ``fast`` sleeps 60 ms on its run number ``slow_after["fast"]`` (1-based), if given."""
+    reg = Registry()
+
+    def make(name: str, sleep: float) -> Any:
+        @action(reads=[], writes=["done"])
+        def act(state: State) -> State:
+            runs[name].append(threading.current_thread().name)
+            if sleep or len(runs[name]) == slow_after.get(name):
+                time.sleep(sleep or 0.06)
+            return state.update(done=True)
+
+        @reg.app(name, entrypoint="act")
+        def factory(ctx: AppContext) -> ApplicationBuilder:
+            return ApplicationBuilder().with_actions(act=act)
+
+        return factory
+
+    make("fast", 0.0)
+    make("slow", 0.05)
+    return reg
+
+
+async def _run_until(w: Worker, done: Any, timeout: float = 30.0) -> None:
+    task = asyncio.create_task(w.run())
+    try:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, "the apps did not finish"
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+    finally:
+        w.request_stop()
+        await task
+
+
+async def test_blocking_actions_stay_in_the_pool_and_the_loop_keeps_ticking(
+    fleet_server: EmbeddedServer,
+) -> None:
+    runs: dict[str, list[str]] = {"fast": [], "slow": []}
+    fleet = FleetClient(connect(fleet_server.url))
+    fleet.enqueue_many([*(EnqueueRequest("slow", app_id=f"s{i}") for i in range(8)),
+                        *(EnqueueRequest("fast", app_id=f"f{i}") for i in range(30))])  # fmt: skip
+    w = Worker(_registry(runs, {}), url=fleet_server.url, concurrency=4, poll_interval=0.02)
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    try:
+        await _run_until(w, lambda: len(runs["fast"]) == 30 and len(runs["slow"]) == 8)
+    finally:
+        tick.cancel()
+    fleet.client.close()
+    assert all(t.startswith(POOL) for t in runs["slow"]), runs["slow"]
+    assert all(t.startswith(POOL) for t in runs["fast"][:3]), runs["fast"]
+    on_loop = [t for t in runs["fast"] if t == threading.current_thread().name]
+    assert len(on_loop) >= 20, runs["fast"]
+    # Eight 50 ms sleeps ran in the pool meanwhile: none of them held the loop.
+    assert max(gaps) < 0.045, sorted(gaps)[-5:]
+
+
+async def test_a_fast_action_that_blocks_on_the_loop_goes_back_to_the_pool(
+    fleet_server: EmbeddedServer, caplog: Any
+) -> None:
+    runs: dict[str, list[str]] = {"fast": [], "slow": []}
+    fleet = FleetClient(connect(fleet_server.url))
+    fleet.enqueue_many([EnqueueRequest("fast", app_id=f"f{i}") for i in range(10)])
+    w = Worker(_registry(runs, {"fast": 6}), url=fleet_server.url, concurrency=1, poll_interval=0.02)
+    with caplog.at_level(logging.WARNING, logger="burr_dist.inline"):
+        await _run_until(w, lambda: len(runs["fast"]) == 10)
+    fleet.client.close()
+    me = threading.current_thread().name
+    where = ["loop" if t == me else "pool" for t in runs["fast"]]
+    assert where == ["pool"] * 3 + ["loop"] * 3 + ["pool"] * 4, runs["fast"]
+    assert [r.event for r in caplog.records if r.name == "burr_dist.inline"] == ["inline_demoted"]  # type: ignore[attr-defined]
+
+
+async def test_inline_ms_zero_runs_every_sync_action_in_the_pool(fleet_server: EmbeddedServer) -> None:
+    runs: dict[str, list[str]] = {"fast": [], "slow": []}
+    fleet = FleetClient(connect(fleet_server.url))
+    fleet.enqueue_many([EnqueueRequest("fast", app_id=f"f{i}") for i in range(8)])
+    w = Worker(_registry(runs, {}), url=fleet_server.url, concurrency=1, poll_interval=0.02, inline_ms=0)
+    await _run_until(w, lambda: len(runs["fast"]) == 8)
+    fleet.client.close()
+    assert all(t.startswith(POOL) for t in runs["fast"]), runs["fast"]
+
+
+async def test_queue_acks_ride_on_the_claim_round_trips(fleet_server: EmbeddedServer) -> None:
+    """A settled claim's ack goes out with the next claim (one round trip less per app), and a
+    stopping worker sends what is left: no active entry remains."""
+    runs: dict[str, list[str]] = {"fast": [], "slow": []}
+    fleet = FleetClient(connect(fleet_server.url))
+    n = 200
+    fleet.enqueue_many([EnqueueRequest("fast", app_id=f"f{i}") for i in range(n)])
+    w = Worker(_registry(runs, {}), url=fleet_server.url, concurrency=4, poll_interval=0.02)
+    await _run_until(w, lambda: len(runs["fast"]) == n)
+    overview = fleet.overview()
+    fleet.client.close()
+    assert overview["queues"]["default"]["active"] == 0, overview
+    assert overview["apps"].get("completed") == n, overview
+    # claim (shared by the apps it took), acquire (one batch per claim), commit+settle; the
+    # ack used to cost a fourth. Idle waits (BLPOP) are not counted by the transport.
+    per_app = w.fleet.transport.round_trips / n
+    assert per_app < 3.0, per_app  # 2.4 here; 3.5 with an ack round trip per app
