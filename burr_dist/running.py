@@ -368,11 +368,16 @@ class ClaimRunner:
                 return
 
     def _sync_steps(self, run: _Run, builder: Any, loop: asyncio.AbstractEventLoop) -> None:
-        """The sync twin of _async_steps, on a pool thread: build too; events go to the loop."""
+        """The sync twin of _async_steps, on a pool thread: build too; hooks run on the loop."""
 
         def emit(kind: str) -> None:
-            event = self._event(kind, run.spec.name, run.lease, run.app)
-            loop.call_soon_threadsafe(lambda: loop.create_task(self.registry.emit(event)))
+            # The thread waits for the hooks, as _async_steps awaits them: a claim's hooks then
+            # run one at a time in the order of what they report, and are done when the claim
+            # ends (a stopping worker awaits its claims; a task left running was cancelled with
+            # the loop, its event lost). Without hooks for ``kind`` this costs no loop hop.
+            if self.registry.hooks.get(kind):
+                event = self._event(kind, run.spec.name, run.lease, run.app)
+                asyncio.run_coroutine_threadsafe(self.registry.emit(event), loop).result()
 
         try:
             run.app = builder.build()
