@@ -245,6 +245,7 @@ class ClaimRunner:
             log.warning(
                 "queue ack of %s failed after its settle (the sweep requeues it): %s", claim.member, e
             )
+        claim.acked = True
         return settled, run_at
 
     async def _run_claim(self, lease: AsyncLease, name: str) -> tuple[str, int | None]:

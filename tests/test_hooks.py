@@ -79,3 +79,46 @@ async def test_a_claims_hooks_run_in_order_and_are_done_when_the_worker_stops(
         ("completed", STEPS - 1),
     ]
     assert log == [(phase, kind, seq) for kind, seq in reported for phase in ("start", "end")], log
+
+
+async def test_a_claim_ending_after_the_next_claim_of_its_app_began_leaves_that_claim_tracked(
+    fleet_server: EmbeddedServer,
+) -> None:
+    """Handed back after each step, the app is due again at once; the handed_back hook is slow, so
+    the worker claims the app again while the claim before is still in that hook. That claim is
+    the app's next run, not a stale duplicate entry (it was left in active, run by no one, until
+    the sweep: one claim in this test). And the claim that ends must not take the newer claim's
+    place in the worker's books: that one would run beyond the concurrency, unwatched (no
+    deadline touches), and on after the worker stopped."""
+    live: list[int] = []  # claims between their claimed hook and the end of their last hook
+    most = 0
+    reg = Registry()
+    reg.app("ticks", entrypoint="tick", default_state={"n": 0})(lambda ctx: ticks(tick))
+
+    @reg.on("claimed")
+    def began(event: FleetEvent) -> None:
+        nonlocal most
+        live.append(1)
+        most = max(most, len(live))
+
+    @reg.on("handed_back", "completed")
+    async def ended(event: FleetEvent) -> None:
+        await asyncio.sleep(0.2)
+        live.pop()
+
+    fleet = FleetClient(connect(fleet_server.url))
+    fleet.enqueue("ticks", "h2", state={"n": -100})  # more steps than the test lets it run
+    worker = Worker(reg, url=fleet_server.url, poll_interval=0.02, lease_ttl=5.0, max_steps_per_claim=1,
+                    concurrency=2)  # fmt: skip
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(1.5)
+    finally:
+        worker.request_stop()
+        await task
+    job = fleet.show("h2")
+    fleet.client.close()
+    assert job["claims"] >= 3 and job["sequence_id"] < 99, job
+    assert most <= 2, f"{most} claims at once with concurrency 2"
+    assert live == [], f"{len(live)} claims still running after the worker stopped"
+    assert job["lease_holder"] is None and job["status"] == "queued", job
