@@ -50,6 +50,10 @@ class Claim:
     member: str
     deadline: int  # the active entry's deadline this worker last set (claim or touch), server ms
     lease: AsyncLease | None = None
+    # The claim was settled and its queue ack sent (or put in the outbox, which goes out ahead of
+    # any later claim): the app may be claimed again, by this worker too, while this claim's
+    # last hooks still run.
+    acked: bool = False
 
 
 @dataclass(frozen=True)

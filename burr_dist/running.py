@@ -220,15 +220,18 @@ class ClaimRunner:
         cmds = [ack.cmd()]
         if settled == "completed" and self.config.finished_ttl:
             cmds += self.fleet.expire_cmds(lease.partition_key, lease.app_id, None)
-        if self.outbox is not None:  # the worker's next claim round trip carries it
+        if self.outbox is not None:
+            # The worker's next claim round trip carries it, ahead of the claim: a claim of this
+            # app (requeued by the ack) can only come after it, so the claim counts as acked.
             self.outbox.put(cmds)
-            return settled, run_at
-        try:
-            await self.fleet.commands(cmds, durable=True)
-        except Exception as e:  # settled: the entry expires, the sweep requeues it, the claim drops it
-            log.warning(
-                "queue ack of %s failed after its settle (the sweep requeues it): %s", claim.member, e
-            )
+        else:
+            try:
+                await self.fleet.commands(cmds, durable=True)
+            except Exception as e:  # settled: the entry expires, the sweep requeues it, the claim drops it
+                log.warning(
+                    "queue ack of %s failed after its settle (the sweep requeues it): %s", claim.member, e
+                )
+        claim.acked = True
         return settled, run_at
 
     async def _run_claim(self, lease: AsyncLease, name: str) -> tuple[str, int | None]:

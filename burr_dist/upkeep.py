@@ -116,6 +116,8 @@ class Upkeep:
     async def touch(self) -> None:
         by_shard: dict[tuple[str, int], list[Claim]] = {}
         for claim in list(self.held.values()):
+            if claim.acked:  # its entry is gone, or already another claim's (of any worker)
+                continue
             by_shard.setdefault((claim.queue, self.fleet.schema.shard_of(claim.member)), []).append(claim)
         if not by_shard:
             return

@@ -101,8 +101,8 @@ class Worker:
         self._pool = ThreadPoolExecutor(
             max_workers=threads or concurrency, thread_name_prefix="burr-dist-step"
         )
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._held: dict[str, Claim] = {}  # member -> its claim, while this worker runs the app
+        self._tasks: set[asyncio.Task[None]] = set()  # claims running, until their last hook returned
+        self._held: dict[str, Claim] = {}  # member -> its latest claim, while its task runs
         self._stop: asyncio.Event | None = None  # created in run(), on its loop
         self.stopping = False
         self.completed_claims = 0
@@ -188,7 +188,7 @@ class Worker:
         try:
             await self._claim_loop()
             if self._tasks:
-                await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+                await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.claimer.flush()
         finally:
             background.cancel()
@@ -234,10 +234,10 @@ class Worker:
                 break
             if claimed == 0 or len(self._tasks) >= self.concurrency:
                 if len(self._tasks) >= self.concurrency:  # full: only a finished app frees room
-                    await asyncio.wait({*self._tasks.values(), asyncio.ensure_future(self._stop.wait())},
+                    await asyncio.wait({*self._tasks, asyncio.ensure_future(self._stop.wait())},
                                        timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
                 else:
-                    await self.claimer.wait_for_work(self.queues, self._stop, set(self._tasks.values()))
+                    await self.claimer.wait_for_work(self.queues, self._stop, set(self._tasks))
 
     async def _claim_round(self, queue: str, free: int) -> int:
         """Claim and lease up to ``free`` apps of ``queue`` and start them; how many started."""
@@ -245,11 +245,13 @@ class Worker:
         fresh = []
         for c in claims:
             running = self._held.get(c.member)
-            if running is not None:
+            if running is not None and not running.acked:
                 # We already run it (a stale duplicate entry reached ready): the claim just
                 # re-created the active entry, with a new deadline that is now ours to keep.
                 running.deadline = c.deadline
             else:
+                # New, or its last claim here acked its entry (handed back, resumed...) and only
+                # runs its hooks now: this is the app's next run, started like any other.
                 fresh.append(c)
         if not fresh:
             return 0
@@ -277,8 +279,8 @@ class Worker:
                 result.lease.mark_lost(f"store rewound: {self.fatal}")
             self._held[result.member] = result
             task = asyncio.create_task(self.runner.run(result))
-            self._tasks[result.member] = task
-            task.add_done_callback(functools.partial(self._forget, result.member))
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._forget, result))
             started += 1
         if started:
             self.observer.claimed(queue, started)
@@ -302,7 +304,8 @@ class Worker:
                 "queue ack of %d unrunnable apps failed (the sweep requeues them): %s", len(refused), e
             )
 
-    def _forget(self, member: str, _task: asyncio.Task[None]) -> None:
-        self._tasks.pop(member, None)
-        self._held.pop(member, None)
+    def _forget(self, claim: Claim, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._held.get(claim.member) is claim:  # not the app's next claim, started meanwhile
+            del self._held[claim.member]
         self.completed_claims += 1

@@ -53,6 +53,22 @@ class Fleet:
             if (app_id is None or e["app_id"] == app_id) and (kind is None or e["kind"] == kind)
         ]  # fmt: skip
 
+    def wait_events(self, app_ids: list[str], kind: str, timeout: float = 10) -> list[dict[str, Any]]:
+        """Every recorded event, once each app of ``app_ids`` has a ``kind`` event. A hook runs
+        after the write it reports: a status read can see that write before the worker had its
+        reply, let alone recorded the event. A claim's hooks run in order, so its events before
+        ``kind`` are recorded by then."""
+
+        def recorded() -> list[dict[str, Any]] | None:
+            evs = self.events()
+            have = {e["app_id"] for e in evs if e["kind"] == kind}
+            return evs if have >= set(app_ids) else None
+
+        result: list[dict[str, Any]] = wait_until(
+            recorded, timeout, f"{kind} events of {app_ids}", interval=0.05
+        )
+        return result
+
     def status(self, app_id: str) -> str:
         return self.fc.job(app_id)["status"]
 
@@ -155,7 +171,7 @@ def test_many_apps_over_three_workers_complete_with_contiguous_histories(fleet: 
         assert history[-1]["state"]["answer"] == "3 notes"
         assert history[-1]["state"]["notes"] == [f"{app_id.upper()} SOURCE {i}" for i in range(3)]
 
-    evs = fleet.events()
+    evs = fleet.wait_events([*targets, *research], "completed")
     assert_no_step_committed_twice(evs)
     by_app: dict[str, set[str]] = {}
     for e in evs:
@@ -210,7 +226,7 @@ def test_sigkilled_worker_apps_are_taken_over_within_lease_ttl(fleet: Fleet) -> 
     assert max(back.values()) <= bound, f"takeover took {back} (bound {bound} s)"
 
     fleet.wait_status(apps, "completed", timeout=20)
-    evs = fleet.events()
+    evs = fleet.wait_events(apps, "completed")
     assert_no_step_committed_twice(evs)
     for x in apps:
         assert_counter_history(fleet.fc.history(x), target)
@@ -253,14 +269,14 @@ def test_sigterm_hands_apps_back_and_exits_zero(fleet: Fleet) -> None:
         assert job["sequence_id"] < target
     assert sorted(fleet.ready()) == sorted(member(x) for x in apps)
     assert fleet.active() == []
-    handed = fleet.events(kind="handed_back")
+    handed = fleet.events(kind="handed_back")  # a's claims (and so their hooks) ended before it exited
     assert sorted(e["app_id"] for e in handed) == sorted(apps) and all(e["worker"] == a.id for e in handed)
     assert a.id not in [w["id"] for w in fleet.fc.workers()]  # deregistered on the way out
     heads = {x: fleet.fc.show(x)["sequence_id"] for x in apps}
 
     b = fleet.spawn(registry_module=SUPPORT, concurrency=4)
     fleet.wait_status(apps, "completed", timeout=20)
-    evs = fleet.events()
+    evs = fleet.wait_events(apps, "completed")
     assert_no_step_committed_twice(evs)
     for x in apps:
         assert_counter_history(fleet.fc.history(x), target)
@@ -298,6 +314,7 @@ def test_concurrent_duplicate_enqueues_create_one_app_that_runs_once(fleet: Flee
 
     fleet.spawn(concurrency=4)
     fleet.wait_status(["dup"], "completed", timeout=15)
+    fleet.wait_events(["dup"], "completed")
     time.sleep(0.5)  # a duplicate queue entry would be claimed (and show up) by now
     assert_counter_history(fleet.fc.history("dup"), 8)
     assert fleet.fc.show("dup")["claims"] == 1
@@ -333,7 +350,10 @@ def test_human_in_the_loop_resumed_on_another_worker(fleet: Fleet) -> None:
     final = history[-1]["state"]
     assert final["approved"] is True and final["published"] is True and final["reviewer"] == "ann"
     assert final["draft"] == "fleets: part 1 / fleets: part 2 / fleets: part 3"
-    steps = {e["position"]: e["worker"] for e in fleet.events("doc", "step_committed")}
+    evs = fleet.wait_events(["doc"], "completed")
+    steps = {
+        e["position"]: e["worker"] for e in evs if e["app_id"] == "doc" and e["kind"] == "step_committed"
+    }
     assert steps == {"outline": a.id, "write_draft": a.id, "human_review": b.id, "publish": b.id}
     job = fleet.fc.show("doc")
     assert job["inputs"] is None and job["lease_holder"] is None
@@ -370,6 +390,7 @@ def test_cancel_running_app_stops_before_next_step_and_queued_app_never_runs(fle
     assert idle["status"] == "cancelled" and idle["claims"] == 0 and idle["sequence_id"] is None
     assert fleet.fc.history("idle") == []
     assert fleet.events("idle") == []
+    fleet.wait_events(["busy"], "cancelled")
     assert len(fleet.events("busy", "cancelled")) == 1
     assert fleet.ready() == [] and fleet.active() == []
     with pytest.raises(AppNotRunnable):
@@ -412,6 +433,7 @@ def test_retries_with_backoff_then_dead_letter_then_manual_retry(fleet: Fleet) -
     assert [(h["action"], h["status"]) for h in history] == [("call_gated", "failed")] * 3
     at = [datetime.fromisoformat(h["created_at"]).timestamp() for h in history]
     assert at[1] - at[0] >= 0.1 - 0.01 and at[2] - at[1] >= 0.2 - 0.01, at
+    fleet.wait_events(["g1"], "failed")
     assert [e["kind"] for e in fleet.events("g1") if e["kind"] in ("retry_scheduled", "failed")] == [
         "retry_scheduled", "retry_scheduled", "failed",
     ]  # fmt: skip
@@ -486,6 +508,7 @@ def test_attempts_count_consecutive_failures_not_failures_over_the_whole_run(fle
     assert [(h["action"], h["status"]) for h in history] == [
         ("step_a", "failed"), ("step_a", "completed"), ("step_b", "failed"), ("step_b", "completed"),
     ]  # fmt: skip
+    fleet.wait_events(["tf"], "completed")
     assert len(fleet.events("tf", "retry_scheduled")) == 2
 
 
