@@ -8,8 +8,11 @@ action name; sans-IO here, the runner measures):
 
 * an action runs in the pool until it has run there ``warmup`` times; if its fastest run took
   less than ``budget`` seconds, it runs on the loop from then on;
-* an action that takes longer than ``10 * budget`` on the loop goes back to the pool for good
-  (a warning names it): such a stall happens at most once per action and worker process;
+* an action that takes longer than ``10 * budget`` on the loop goes back to the pool (a warning
+  names it) and starts over, needing 10 times as many pool runs as the last time (3, 30, 300...)
+  before it runs on the loop again: an action that blocks now and then stalls the loop a few
+  times in a worker's life, while one that was only slowed once (a pool thread holding the GIL,
+  a GC pause) gets back to the loop;
 * an action that never ran fast in the pool never runs on the loop (an LLM call, a sleep).
 
 ``budget=0`` turns it off: every sync action runs in the pool.
@@ -27,9 +30,9 @@ DEMOTE_FACTOR = 10  # a run on the loop this many budgets long sends the action 
 
 @dataclass
 class _Seen:
-    runs: int = 0  # runs in the pool
-    fastest: float = float("inf")  # seconds, of a run in the pool
-    demoted: bool = False
+    runs: int = 0  # runs in the pool since the last demotion
+    fastest: float = float("inf")  # seconds, of those runs
+    demotions: int = 0
 
 
 class InlinePolicy:
@@ -45,9 +48,9 @@ class InlinePolicy:
     def inline(self, app: str, action: str) -> bool:
         """Whether the next run of ``action`` (of app ``app``) goes on the event loop."""
         seen = self._seen.get((app, action))
-        return (
-            seen is not None and not seen.demoted and seen.runs >= self.warmup and seen.fastest < self.budget
-        )
+        if seen is None:
+            return False
+        return seen.runs >= self.warmup * DEMOTE_FACTOR**seen.demotions and seen.fastest < self.budget
 
     def observe(self, app: str, action: str, seconds: float, *, inline: bool) -> None:
         """A run of ``action`` took ``seconds`` (on the loop when ``inline``)."""
@@ -57,10 +60,11 @@ class InlinePolicy:
         if not inline:
             seen.runs += 1
             seen.fastest = min(seen.fastest, seconds)
-        elif seconds > DEMOTE_FACTOR * self.budget and not seen.demoted:
-            seen.demoted = True
+        elif seconds > DEMOTE_FACTOR * self.budget:
+            seen.demotions += 1
+            seen.runs, seen.fastest = 0, float("inf")
             log.warning(
                 "sync action %r of app %r took %.1f ms on the event loop; it runs in the thread pool "
-                "from now on", action, app, seconds * 1000,
-                extra={"event": "inline_demoted"},
+                "until %d runs there show it fast again", action, app, seconds * 1000,
+                self.warmup * DEMOTE_FACTOR**seen.demotions, extra={"event": "inline_demoted"},
             )  # fmt: skip

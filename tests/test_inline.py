@@ -44,18 +44,22 @@ def test_an_action_never_fast_in_the_pool_never_runs_inline() -> None:
     assert not p.inline("app", "llm")
 
 
-def test_a_long_run_on_the_loop_sends_the_action_back_to_the_pool_for_good(caplog: Any) -> None:
+def test_a_long_run_on_the_loop_sends_the_action_back_to_the_pool_ten_times_longer(caplog: Any) -> None:
     p = InlinePolicy(budget=0.002, warmup=1)
     p.observe("app", "a", 0.0001, inline=False)
     p.observe("app", "a", 0.015, inline=True)  # over budget, under 10 budgets: stays
     assert p.inline("app", "a")
     with caplog.at_level(logging.WARNING, logger="burr_dist.inline"):
         p.observe("app", "a", 0.05, inline=True)
-    assert not p.inline("app", "a")
-    assert [r.event for r in caplog.records] == ["inline_demoted"]  # type: ignore[attr-defined]
-    for _ in range(10):
-        p.observe("app", "a", 0.0001, inline=False)
-    assert not p.inline("app", "a")
+        assert not p.inline("app", "a")
+        for needed in (10, 100):  # each demotion needs 10x the pool runs of the last
+            for _ in range(needed - 1):
+                p.observe("app", "a", 0.0001, inline=False)
+                assert not p.inline("app", "a")
+            p.observe("app", "a", 0.0001, inline=False)
+            assert p.inline("app", "a")
+            p.observe("app", "a", 0.05, inline=True)
+    assert [r.event for r in caplog.records] == ["inline_demoted"] * 3  # type: ignore[attr-defined]
 
 
 def test_budget_zero_keeps_every_sync_action_in_the_pool() -> None:
