@@ -128,7 +128,6 @@ class Claimer:
                 heads[shard] = head
             if not members:
                 break  # the picture is stale (another worker was faster): peek next time
-        await self.flush()
         return out
 
     async def _send(self, cmds: list[Cmd]) -> list[Any]:
@@ -144,7 +143,8 @@ class Claimer:
         return replies[len(acks) :]
 
     async def flush(self) -> None:
-        """Send what the outbox holds in a round trip of its own (nothing to claim with it)."""
+        """Send what the outbox holds in a round trip of its own: before the worker waits (for
+        work, or for a running claim to end), and when it stops."""
         acks, n = self.outbox.take()
         if not acks:
             return

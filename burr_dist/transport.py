@@ -46,6 +46,12 @@ from burr_dist.errors import NotDurable, RedisUnavailable
 from burr_dist.keys import sync_key
 from burr_dist.scripts import LuaScript
 
+_hiredis_pack: Callable[[Any], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # redis-py without its hiredis extra
+    _hiredis_pack = None
+
 log = logging.getLogger(__name__)
 
 
@@ -362,8 +368,19 @@ def _roundtrip(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     return out
 
 
+def _apack(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
+    """RESP for ``commands``: hiredis' packer where it takes the arguments (redis-py's asyncio
+    connection packs in Python: 16 us for a commit against 2.3 us), else redis-py's."""
+    if _hiredis_pack is not None:
+        try:
+            return b"".join([_hiredis_pack(c) for c in commands])
+        except TypeError:  # an argument type hiredis does not pack: redis-py's encoder decides
+            pass
+    return conn.pack_commands(commands)
+
+
 async def _aroundtrip(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    await conn.send_packed_command(conn.pack_commands(commands))
+    await conn.send_packed_command(_apack(conn, commands))
     out: list[Any] = []
     for _ in commands:
         try:

@@ -234,9 +234,14 @@ class Worker:
                 break
             if claimed == 0 or len(self._tasks) >= self.concurrency:
                 if len(self._tasks) >= self.concurrency:  # full: only a finished app frees room
-                    await asyncio.wait({*self._tasks, asyncio.ensure_future(self._stop.wait())},
-                                       timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                    stop = asyncio.ensure_future(self._stop.wait())
+                    done, _ = await asyncio.wait({*self._tasks, stop}, timeout=self.poll_interval,
+                                                 return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                    stop.cancel()
+                    if not done:  # no claim soon for the outbox to ride on
+                        await self.claimer.flush()
                 else:
+                    await self.claimer.flush()  # before a wait that may be long
                     await self.claimer.wait_for_work(self.queues, self._stop, set(self._tasks))
 
     async def _claim_round(self, queue: str, free: int) -> int:
