@@ -50,6 +50,7 @@ def test_ack_drops_only_the_claim_its_worker_holds(client: redis.Redis) -> None:
     assert fleet.run(fleet.ack_call(Q, member, first, None, claim_ms=50)) == 0  # stale worker: left alone
     assert client.zscore(q.active, member) == second
     # The owner's ack works even when a touch it has not heard back from moved the deadline on.
+    time.sleep(0.003)  # the touch's deadline lands in a later ms than the claim's
     touched = fleet.run(fleet.touch_call(Q, shard, 50, [member]))[0]
     assert touched > second
     assert fleet.run(fleet.ack_call(Q, member, second, None, delay_ms=60_000, claim_ms=50)) == 1
