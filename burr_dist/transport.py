@@ -390,8 +390,64 @@ async def _aroundtrip(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     return out
 
 
+class _SharedTrips:
+    """Round trips to one node asked for in the same loop iteration (by concurrent apps: their
+    commits, acquires, claims) go out as one pipeline on one connection: one write and one read
+    for all of them, on both sides. Nothing changes for each caller: its commands stay together
+    and in order (a script runs alone; ASKING stays before its command; a durable batch's WAIT
+    covers its writes, and those of batches ahead of it), and its replies are its own. A broken
+    connection fails every caller of that round trip with the same transient error: each one
+    retries its own batch as before (commit.lua recognises a commit whose reply was lost)."""
+
+    def __init__(self, pool: Any, transport: AsyncTransport) -> None:
+        self.pool = pool
+        self.transport = transport
+        self._waiting: list[tuple[list[tuple[Any, ...]], asyncio.Future[list[Any]]]] = []
+
+    def roundtrip(self, commands: list[tuple[Any, ...]]) -> asyncio.Future[list[Any]]:
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((commands, fut))
+        if len(self._waiting) == 1:  # the first of this iteration: send them all at its end
+            asyncio.get_running_loop().call_soon(self._go)
+        return fut
+
+    def _go(self) -> None:
+        group, self._waiting = self._waiting, []
+        task = asyncio.ensure_future(self._send(group))
+        _IN_FLIGHT.add(task)
+        task.add_done_callback(_IN_FLIGHT.discard)
+
+    async def _send(self, group: list[tuple[list[tuple[Any, ...]], asyncio.Future[list[Any]]]]) -> None:
+        try:
+            conn = await self.pool.get_connection()
+            try:
+                self.transport.round_trips += 1
+                raw = await _aroundtrip(conn, [c for commands, _ in group for c in commands])
+            except BaseException:
+                await conn.disconnect()
+                raise
+            finally:
+                await self.pool.release(conn)
+        except BaseException as e:
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(e if isinstance(e, Exception) else redis.ConnectionError(repr(e)))
+            if not isinstance(e, Exception):
+                raise
+            return
+        at = 0
+        for commands, fut in group:
+            if not fut.done():  # a caller cancelled meanwhile: its replies are dropped
+                fut.set_result(raw[at : at + len(commands)])
+            at += len(commands)
+
+
+_IN_FLIGHT: set[asyncio.Task[None]] = set()  # shared round trips being sent (the loop keeps weak refs)
+
+
 class AsyncTransport:
-    """The asyncio twin of :class:`Transport`; nodes of one batch are sent to concurrently."""
+    """The asyncio twin of :class:`Transport`; nodes of one batch are sent to concurrently, and
+    round trips of concurrent callers to one node share a pipeline (:class:`_SharedTrips`)."""
 
     def __init__(self, client: Any, durability: Durability, policy: RetryPolicy) -> None:
         self.client = client
@@ -400,6 +456,7 @@ class AsyncTransport:
         self.cluster = isinstance(client, aiocluster.RedisCluster)
         self.round_trips = 0
         self._pools: dict[str, aioredis.ConnectionPool] = {}
+        self._shared: dict[str, _SharedTrips] = {}  # node -> its round trips being gathered
 
     async def _pool(self, key: str) -> tuple[str, Any]:
         if not self.cluster:
@@ -486,22 +543,17 @@ class AsyncTransport:
     async def _send(
         self, batch: BatchCore, pool: Any, idx: list[int], node: str, asking: bool = False
     ) -> None:
-        conn = await pool.get_connection()
-        try:
-            for _ in range(3):
-                self.round_trips += 1
-                raw = await _aroundtrip(conn, batch.packed(idx, asking))
-                missing = batch.take(idx, batch.unpack(idx, raw, asking), node)
-                if not missing:
-                    return
-                for script in missing:
-                    await _aroundtrip(conn, [("SCRIPT", "LOAD", script.source)])
-                idx = [i for i in idx if i in batch.pending]
-        except BaseException:
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
+        shared = self._shared.get(node)
+        if shared is None or shared.pool is not pool:
+            shared = self._shared[node] = _SharedTrips(pool, self)
+        for _ in range(3):
+            raw = await shared.roundtrip(batch.packed(idx, asking))
+            missing = batch.take(idx, batch.unpack(idx, raw, asking), node)
+            if not missing:
+                return
+            for script in missing:
+                await shared.roundtrip([("SCRIPT", "LOAD", script.source)])
+            idx = [i for i in idx if i in batch.pending]
 
     async def bucket_per_node(self, schema: Any) -> list[int]:
         if not self.cluster:
@@ -534,6 +586,7 @@ class AsyncTransport:
         for pool in self._pools.values():
             await pool.disconnect()
         self._pools.clear()
+        self._shared.clear()
 
 
 def slot_of(key: str) -> int:

@@ -284,3 +284,50 @@ def test_a_commit_with_a_settle_is_fenced_like_any_other(server: EmbeddedServer)
         )
     job = fleet.show("s2")
     assert (job["status"], job["sequence_id"]) == ("running", None)  # nothing written, nothing settled
+
+
+async def test_concurrent_commits_share_a_round_trip_and_survive_its_lost_reply(
+    proxy: FaultProxy, client: redis.Redis
+) -> None:
+    """Commits of 20 apps made in one loop iteration go out as one pipeline (one round trip, not
+    20). When that pipeline's reply is lost (the proxy forwards it, Redis runs all 20 commits,
+    the connection closes), every caller retries its own commit and recognises it: each app
+    holds exactly its steps, none is refused as a conflict."""
+    import asyncio
+
+    ac = aconnect(proxy.url, socket_timeout=2.0)
+    store = AsyncRedisStore(ac, StoreConfig(retry=FAST_RETRY))
+    apps = [f"c{i}" for i in range(20)]
+    persisters = [AsyncRedisPersister(store) for _ in apps]
+    replayed: list[bool] = []
+    real = store.read_commit
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        committed = real(*args, **kwargs)
+        replayed.append(committed.replayed)
+        return committed
+
+    store.read_commit = recording  # type: ignore[method-assign]
+    try:
+        await asyncio.gather(*(p.save(PK, a, 0, "inc", State({"n": 1}), "completed")
+                               for p, a in zip(persisters, apps, strict=True)))  # fmt: skip
+        assert store.transport.round_trips <= 3  # on a fresh server: NOSCRIPT, SCRIPT LOAD, again
+        before = store.transport.round_trips
+        replayed.clear()
+        proxy.set_mode("drop_reply")
+        await asyncio.gather(*(p.save(PK, a, 1, "inc", State({"n": 2}), "completed")
+                               for p, a in zip(persisters, apps, strict=True)))  # fmt: skip
+        # One request carried all 20 commits: its reply was the one dropped, and every retry
+        # found its commit already applied (retries back off with jitter: they need not share).
+        assert proxy.stats["dropped_replies"] == 1
+        assert replayed == [True] * 20
+        assert store.transport.round_trips - before >= 2
+    finally:
+        await ac.aclose()
+    schema = KeySchema("burr")
+    for a in apps:
+        assert int(client.hget(schema.app(PK, a).meta, "head")) == 1
+        got = {
+            int(k): codec.parse_entry(v, key=a) for k, v in client.hgetall(schema.app(PK, a).snaps).items()
+        }
+        assert sorted(got) == [0, 1], (a, sorted(got))
