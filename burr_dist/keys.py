@@ -58,6 +58,7 @@ DEFAULT_QUEUE_SHARDS = 24
 SLOTS = 16384
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.@+=,;!~")
+_SAFE_RE = re.compile(r"[A-Za-z0-9\-_.@+=,;!~]+")  # every character in _SAFE
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]+(:[A-Za-z0-9_.\-]+)*$")
 
 
@@ -65,7 +66,7 @@ def encode_id(value: str) -> str:
     """Percent-encode an id so that it cannot contain ``:``, braces, glob characters or spaces."""
     if value == "":
         return "%"
-    if all(ch in _SAFE for ch in value):
+    if _SAFE_RE.fullmatch(value):
         return value
     out: list[str] = []
     for ch in value:

@@ -246,6 +246,9 @@ class AsyncLease(LeaseCore):
     ) -> None:
         super().__init__(store, partition_key, app_id, ttl, worker)
         self._task: asyncio.Task[None] | None = None
+        # Renewal starts as a timer: most claims end before a first renewal is due, and a timer
+        # costs far less than a task started and cancelled per claim.
+        self._timer: asyncio.TimerHandle | None = None
 
     async def acquire(self, *, wait: float = 0.0, auto_renew: bool = True) -> AsyncLease:
         give_up = time.monotonic() + wait
@@ -261,15 +264,23 @@ class AsyncLease(LeaseCore):
                     min(max(e.pttl_ms / 1000, 0.01), 0.25, max(give_up - time.monotonic(), 0.01))
                 )
         if auto_renew:
-            self._task = asyncio.create_task(self._renew_loop(), name=f"burr-dist-lease-{self.app_id}")
+            self._arm()
         return self
+
+    def _arm(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.renew_every, self._start_renewing)
+
+    def _start_renewing(self) -> None:
+        self._timer = None
+        if not self.released:
+            self._task = asyncio.create_task(self._renew_loop(), name=f"burr-dist-lease-{self.app_id}")
 
     def adopt(self, reply: Any, sent_at: float, *, auto_renew: bool = True) -> AsyncLease:
         """Take the reply of an acquire sent in a batch (``acquire_call()``) as this lease's
         acquire: raises like :meth:`acquire` when it was not granted."""
         self.on_acquire(reply, sent_at)
         if auto_renew:
-            self._task = asyncio.create_task(self._renew_loop(), name=f"burr-dist-lease-{self.app_id}")
+            self._arm()
         return self
 
     async def renew(self) -> None:
@@ -285,8 +296,7 @@ class AsyncLease(LeaseCore):
         self.check()
 
     async def _renew_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.renew_every)
+        while True:  # started by the timer, a renewal interval after the acquire
             try:
                 await self.renew()
             except (LeaseLost, LeaseNotHeld, NotDurable):
@@ -296,8 +306,15 @@ class AsyncLease(LeaseCore):
                 if time.monotonic() >= self.deadline:
                     self.mark_lost(f"renewal failed until the deadline: {e}")
                     return
+            await asyncio.sleep(self.renew_every)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def release(self) -> bool:
+        self._disarm()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -316,6 +333,7 @@ class AsyncLease(LeaseCore):
     async def detach(self) -> None:
         """Stop renewing without touching Redis: settle.lua already released the lease."""
         self.released = True
+        self._disarm()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
