@@ -328,10 +328,20 @@ class AsyncRedisPersister(AsyncBaseStatePersister):
             return done.value
 
 
+def _loaded(
+    key: tuple[str | None, str, int | None], answer: PersistedStateData | None, asked: tuple[Any, ...]
+) -> PersistedStateData | None:
+    if asked != key:
+        raise ConfigurationError(f"load of {asked!r} asked of a loader holding {key!r}", app_id=asked[1])
+    return answer
+
+
 class LoadedState(BaseStatePersister):
-    """A sync loader for ``initialize_from`` whose one answer was read beforehand (by the async
-    persister, on the loop): a sync app is built with ``build()``, so that Burr lets it step
-    synchronously, without a sync Redis client. It only loads, and only what it was given."""
+    """A loader for ``initialize_from`` whose one answer the worker read beforehand (by its
+    async persister, before the factory ran): the build then does no I/O and nothing awaits
+    between the factory and the build. A sync app is built with ``build()`` (so that Burr lets
+    it step synchronously, on a pool thread when it must); see AsyncLoadedState for ``abuild()``.
+    It only loads, and only what it was given."""
 
     def __init__(self, key: tuple[str | None, str, int | None], answer: PersistedStateData | None) -> None:
         self.key = key
@@ -343,15 +353,32 @@ class LoadedState(BaseStatePersister):
     def load(
         self, partition_key: str | None, app_id: str | None, sequence_id: int | None = None, **kwargs: Any
     ) -> PersistedStateData | None:
-        if (partition_key, app_id, sequence_id) != self.key:
-            raise ConfigurationError(
-                f"load of {(partition_key, app_id, sequence_id)!r} asked of a loader holding {self.key!r}",
-                app_id=app_id,
-            )
-        return self.answer
+        return _loaded(self.key, self.answer, (partition_key, app_id, sequence_id))
 
     def list_app_ids(self, partition_key: str | None, **kwargs: Any) -> list[str]:
         raise ConfigurationError("LoadedState lists nothing: it holds one loaded state")
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         raise ConfigurationError("LoadedState saves nothing: commits go through the worker's persister")
+
+
+class AsyncLoadedState(AsyncBaseStatePersister):
+    """LoadedState for ``abuild()`` (Burr asks an async app for an async initializer)."""
+
+    def __init__(self, key: tuple[str | None, str, int | None], answer: PersistedStateData | None) -> None:
+        self.key = key
+        self.answer = answer
+
+    async def is_initialized(self) -> bool:
+        return True
+
+    async def load(
+        self, partition_key: str | None, app_id: str | None, sequence_id: int | None = None, **kwargs: Any
+    ) -> PersistedStateData | None:
+        return _loaded(self.key, self.answer, (partition_key, app_id, sequence_id))
+
+    async def list_app_ids(self, partition_key: str | None, **kwargs: Any) -> list[str]:
+        raise ConfigurationError("AsyncLoadedState lists nothing: it holds one loaded state")
+
+    async def save(self, *args: Any, **kwargs: Any) -> None:
+        raise ConfigurationError("AsyncLoadedState saves nothing: commits go through the worker's persister")

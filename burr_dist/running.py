@@ -38,7 +38,7 @@ from burr_dist.errors import ConfigurationError, LeaseError, LeaseLost, Sequence
 from burr_dist.inline import InlinePolicy
 from burr_dist.lease import AsyncLease
 from burr_dist.observe import NOOP, Observer
-from burr_dist.persister import AsyncRedisPersister, LoadedState
+from burr_dist.persister import AsyncLoadedState, AsyncRedisPersister, LoadedState
 from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
 from burr_dist.store import Committed, Settle
 from burr_dist.trackers import resume_without_parent
@@ -455,25 +455,29 @@ class ClaimRunner:
     ) -> tuple[Application, AsyncRedisPersister]:
         """The app, built from its lease, and the persister its steps commit through. The lease's
         acquire loaded the head, so a build costs no round trip (a fork reads its source).
-        An app with an async action is built with ``abuild()``; an all-sync one with ``build()``
-        from a loader holding that answer: Burr refuses a sync step of an ``abuild()`` app, and
-        a sync action may have to run on a pool thread."""
-        builder, persister, is_async = self._prepare(spec, lease, job)
+        An app with an async action is built with ``abuild()``, an all-sync one with ``build()``
+        (Burr refuses a sync step of an ``abuild()`` app, and a sync action may have to run on a
+        pool thread), each from a loader holding the state read here."""
+        # What initialize_from will load (Burr's rule: the fork's source, else this app), read
+        # before the factory runs: nothing awaits between its builder's set-up and its build.
+        key: tuple[str | None, str, int | None] = (lease.partition_key, lease.app_id, None)
+        if lease.head is None and job.get("fork_app"):
+            key = (job["fork_pk"], job["fork_app"], int(job["fork_seq"]))
+        persister = AsyncRedisPersister(self.fleet, lease)
+        persister.core.history = self.history
+        loaded = await persister.load(*key)
+        builder, is_async = self._prepare(spec, lease, job, persister)
         if is_async:
+            builder.state_initializer = AsyncLoadedState(key, loaded)
             return await builder.abuild(), persister
-        # What initialize_from will load (Burr's rule: the fork's source, else this app).
-        if builder.fork_from_app_id is not None:
-            key = (builder.fork_from_partition_key, builder.fork_from_app_id, builder.fork_from_sequence_id)
-        else:
-            key = (builder.partition_key, builder.app_id, builder.sequence_id)
-        builder.state_initializer = LoadedState(key, await persister.load(*key))
+        builder.state_initializer = LoadedState(key, loaded)
         return builder.build(), persister
 
     def _prepare(
-        self, spec: AppSpec, lease: AsyncLease, job: dict[str, str]
-    ) -> tuple[Any, AsyncRedisPersister, bool]:
-        """The builder (identifiers and initialize_from added), its persister, and whether an
-        action is async."""
+        self, spec: AppSpec, lease: AsyncLease, job: dict[str, str], persister: AsyncRedisPersister
+    ) -> tuple[Any, bool]:
+        """The builder (identifiers and initialize_from added; ``persister`` gets its tracker)
+        and whether an action is async. No I/O."""
         builder = spec.factory(AppContext(spec.name, lease.app_id, lease.partition_key))
         resume_without_parent(builder)  # a .with_tracker() that fails a resume otherwise
         graph = builder.graph_builder
@@ -482,8 +486,6 @@ class ClaimRunner:
                 f"factory of {spec.name!r} returned a builder without actions", name=spec.name
             )
         is_async = any(a.is_async() for a in graph.actions)
-        persister = AsyncRedisPersister(self.fleet, lease)
-        persister.core.history = self.history
         if self.track:  # issue 11: one tracker per build, its records committed with each step
             tracker = StepTracker(worker=self.id, project=spec.name)
             # A factory that hands out the same builder again still has the last build's tracker
@@ -500,7 +502,7 @@ class ClaimRunner:
             persister, resume_at_next_action=True, default_state=state,
             default_entrypoint=job.get("entrypoint") or spec.entrypoint, **fork,
         )  # fmt: skip
-        return builder, persister, is_async
+        return builder, is_async
 
 
 def _timed_step(app: Application, inputs: dict[str, Any] | None) -> tuple[Any, float]:
