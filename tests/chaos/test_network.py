@@ -25,7 +25,7 @@ def test_network_faults(chaos_server: EmbeddedServer, tmp_path: Path, mode: str)
     with FaultProxy(chaos_server.port) as proxy:
         run = ChaosRun(
             f"network {mode.replace('_', ' ')}", chaos_server, tmp_path,
-            apps=apps, steps=steps, delay=0.1, stagger=spread(0.5, 2.5),
+            apps=apps, steps=steps, delay=0.1, stagger=spread(0.5, 4.0),  # 6 long episodes: 26 s
         )  # fmt: skip
         with run:
             victim = run.start_worker(url=proxy.url)
