@@ -30,8 +30,8 @@ from burr_dist.keys import DEFAULT_PREFIX
 
 # Commands called by the Lua scripts (redis.call), sorted.
 SCRIPT_COMMANDS = (
-    "del", "get", "hdel", "hget", "hgetall", "hincrby", "hmget", "hset", "hsetnx", "pexpire",
-    "pttl", "set", "time", "zadd", "zrangebyscore", "zrem", "zremrangebyscore", "zscore",
+    "del", "get", "hdel", "hget", "hincrby", "hmget", "hset", "hsetnx", "pexpire", "pttl", "set",
+    "time", "zadd", "zpopmin", "zrange", "zrangebyscore", "zrem", "zremrangebyscore", "zscore",
 )  # fmt: skip
 # Commands sent from Python (transport, store, fleet client, worker, UI backend), sorted.
 CLIENT_COMMANDS = (

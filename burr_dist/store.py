@@ -175,6 +175,11 @@ class Settle:
                 "1" if self.consumed else "0")  # fmt: skip
 
 
+# What a worker reads of an app's fleet record when it acquires the app (acquire.lua returns
+# these, in this order): what a build and a settle need, not the whole record.
+JOB_FIELDS = ("name", "attempts", "inputs", "inputs_at", "state", "entrypoint", "fork_pk", "fork_app", "fork_seq")
+
+
 @dataclass(frozen=True)
 class Acquired:
     token: str
@@ -397,7 +402,8 @@ class StoreCore:
         self, partition_key: str | None, app_id: str, nonce: str, ttl_ms: int, worker: str = ""
     ) -> Call:
         k = self.keys(partition_key, app_id)
-        return Call(script("acquire"), (k.meta, k.snaps, k.lease, k.job, k.counts), (nonce, ttl_ms, worker))
+        fields = JOB_FIELDS if worker else ()
+        return Call(script("acquire"), (k.meta, k.snaps, k.lease, k.job, k.counts), (nonce, ttl_ms, worker, *fields))
 
     def read_acquire(
         self, reply: Sequence[Any], partition_key: str | None, app_id: str
@@ -409,11 +415,12 @@ class StoreCore:
             return NotRunnable(status=_s(reply[1]))
         if code == -2:
             return NotRunnable(status="scheduled", run_at_ms=int(reply[1]))
-        _, token, fence, head, chain, flat = reply
+        _, token, fence, head, chain, values = reply
         state = self.read_chain(chain, partition_key, app_id, head) if chain else None
         if state is None:
             self.bases.drop(partition_key, app_id)
-        job = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
+        # Absent fields are nil (RESP2) or false (RESP3 maps a script's false to a boolean).
+        job = {f: _s(v) for f, v in zip(JOB_FIELDS, values) if v is not None and v is not False}
         return Acquired(token=_s(token), fence=int(fence), head=state, job=job)
 
     def renew_call(self, partition_key: str | None, app_id: str, token: str, ttl_ms: int) -> Call:

@@ -145,3 +145,18 @@ def test_a_password_in_the_url_appears_nowhere(target: Target, tmp_path: Path) -
     for text in outputs:
         assert password not in text and password[::-1] not in text, text[-3000:]
     assert any("***" in text for text in outputs)  # the URL is shown, redacted
+
+
+def test_the_script_commands_are_exactly_what_the_scripts_call() -> None:
+    """A script that calls a command the rules lack fails only for an ACL user, and only when
+    that line runs: keep the list in step with every ``redis.call`` of ``burr_dist/scripts``."""
+    import re
+
+    from burr_dist.acl import SCRIPT_COMMANDS
+
+    scripts = Path(__file__).resolve().parent.parent / "burr_dist" / "scripts"
+    called = {
+        m.lower() for f in scripts.glob("*.lua") for m in re.findall(r"redis\.call\('([A-Z]+)'", f.read_text())
+    }
+    assert called == set(SCRIPT_COMMANDS)
+    assert list(SCRIPT_COMMANDS) == sorted(SCRIPT_COMMANDS)

@@ -15,6 +15,10 @@ local function move_status(counts, from, to)
     redis.call('HINCRBY', counts, to, 1)
   end
 end
+-- The partition key part of a queue member "<P>:<A>" (encoded ids hold no ':').
+local function partition_of(member)
+  return string.match(member, '^([^:]*):')
+end
 -- Fair queuing across partitions within one queue shard. KEYS of the shard: ready (zset, scored
 -- by fair time), vt (hash: 'l:<P>' fair time of P's last entry, 'n:<P>' P's entries in ready).
 -- A partition with nothing pending enters at the server's now; each further pending entry of the
@@ -25,20 +29,20 @@ local function fair_add(ready, vt, member, now, quantum)
   if redis.call('ZSCORE', ready, member) then
     return 0
   end
-  local pk = string.match(member, '^([^:]*):')
-  local pending = tonumber(redis.call('HGET', vt, 'n:' .. pk) or '0')
+  local pk = partition_of(member)
+  local state = redis.call('HMGET', vt, 'n:' .. pk, 'l:' .. pk)
+  local pending = tonumber(state[1] or '0')
   local score = now
   if pending > 0 then
-    score = math.max(now, tonumber(redis.call('HGET', vt, 'l:' .. pk) or '0') + quantum)
+    score = math.max(now, tonumber(state[2] or '0') + quantum)
   end
   redis.call('HSET', vt, 'l:' .. pk, score, 'n:' .. pk, pending + 1)
   redis.call('ZADD', ready, score, member)
   return 1
 end
--- The other side: an entry of P left ready (claimed or cancelled).
-local function fair_remove(vt, member)
-  local pk = string.match(member, '^([^:]*):')
-  if redis.call('HINCRBY', vt, 'n:' .. pk, -1) <= 0 then
+-- The other side: `count` entries of partition `pk` left ready (claimed or cancelled).
+local function fair_remove(vt, pk, count)
+  if redis.call('HINCRBY', vt, 'n:' .. pk, -count) <= 0 then
     redis.call('HDEL', vt, 'n:' .. pk, 'l:' .. pk)
   end
 end
@@ -46,34 +50,41 @@ end
 -- lease (the caller checked the lease is this worker's). Shared by settle.lua and commit.lua (a
 -- claim's last step commits and settles in one script). `a` holds the settle arguments:
 -- token, status, delay_ms, attempts ("reset" | "incr" | "keep" | a count), error, waiting_for,
--- consumed ("1" when pending inputs were used). Returns {status, run_at, attempts}.
-local function settle_job(lease, job, counts, a, now)
+-- consumed ("1" when pending inputs were used). `cur` is the record's {cancel, status, attempts}
+-- as read by the caller (one HMGET serves both). One write of the record; returns
+-- {status, run_at, attempts}.
+local function settle_job(lease, job, counts, a, now, cur)
   local status = a.status
-  if status ~= 'completed' and redis.call('HGET', job, 'cancel') == '1' then
+  if status ~= 'completed' and cur[1] == '1' then
     status = 'cancelled'
   end
   local run_at = now + tonumber(a.delay_ms)
-  move_status(counts, redis.call('HGET', job, 'status'), status)
-  redis.call('HSET', job, 'status', status, 'worker', '', 'updated_at', now, 'run_at', run_at,
-    'waiting_for', a.waiting_for, 'settled', a.token)
+  move_status(counts, cur[2], status)
+  local attempts = cur[3]
   if a.attempts == 'reset' then
-    redis.call('HSET', job, 'attempts', 0)
+    attempts = '0'
   elseif a.attempts == 'incr' then
-    redis.call('HINCRBY', job, 'attempts', 1)
+    attempts = tostring((tonumber(attempts) or 0) + 1)
   elseif tonumber(a.attempts) then
-    redis.call('HSET', job, 'attempts', tonumber(a.attempts))
+    attempts = tostring(tonumber(a.attempts))
+  end
+  local set = {'status', status, 'worker', '', 'updated_at', now, 'run_at', run_at,
+    'waiting_for', a.waiting_for, 'settled', a.token}
+  if attempts then
+    set[#set + 1], set[#set + 2] = 'attempts', attempts
   end
   if a.error ~= '' then
-    redis.call('HSET', job, 'last_error', a.error)
+    set[#set + 1], set[#set + 2] = 'last_error', a.error
   end
   if a.consumed == '1' then
-    redis.call('HSET', job, 'inputs', '', 'inputs_at', '-')
+    set[#set + 1], set[#set + 2], set[#set + 3], set[#set + 4] = 'inputs', '', 'inputs_at', '-'
   end
-  if status == 'completed' or status == 'cancelled' then
+  redis.call('HSET', job, unpack(set))
+  if cur[1] and (status == 'completed' or status == 'cancelled') then
     redis.call('HDEL', job, 'cancel')
   end
   redis.call('DEL', lease)
-  return {status, run_at, redis.call('HGET', job, 'attempts')}
+  return {status, run_at, attempts}
 end
 -- The result of the settle a retry's first send already applied (its reply was lost), or nil.
 local function settled_before(job, token)

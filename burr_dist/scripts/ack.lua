@@ -22,20 +22,19 @@ if current and tonumber(current) >= tonumber(ARGV[2]) + tonumber(ARGV[6]) then
   return 0
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[3] == '' and ARGV[5] == '' then
+  return 1  -- the app does not run again (the server's clock is not needed)
+end
 local now = now_ms()
-local run_at = nil
-if ARGV[3] ~= '' then
-  run_at = tonumber(ARGV[3])
-elseif ARGV[5] ~= '' then
+local run_at = tonumber(ARGV[3])
+if ARGV[3] == '' then
   run_at = now + tonumber(ARGV[5])
 end
-if run_at then
-  if run_at > now then
-    if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-      redis.call('ZADD', KEYS[3], 'NX', run_at, ARGV[1])
-    end
-  elseif not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
-    fair_add(KEYS[2], KEYS[4], ARGV[1], now, tonumber(ARGV[4]))
+if run_at > now then
+  if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+    redis.call('ZADD', KEYS[3], 'NX', run_at, ARGV[1])
   end
+elseif not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+  fair_add(KEYS[2], KEYS[4], ARGV[1], now, tonumber(ARGV[4]))
 end
 return 1

@@ -9,7 +9,9 @@
 -- ARGV[1] nonce   random string from the caller, the same on a retry of this acquire
 -- ARGV[2] ttl_ms  lease time to live in milliseconds
 -- ARGV[3] worker  worker id for fleet mode, or "" for a plain lease
--- Returns {1, token, fence, head_or_"", chain, job_fields_flat} when acquired (also
+-- ARGV[4..] fields of the job record the caller wants back (fleet mode)
+-- Returns {1, token, fence, head_or_"", chain, values} when acquired: values of ARGV[4..] in
+--         their order (false where absent; {} outside fleet mode) (also
 --         when a retry finds the lease its lost reply took: the token ends with the nonce);
 --         {0, holder_token, pttl_ms} when someone else holds it;
 --         {-1, status} fleet mode: the job is missing ("missing") or not runnable;
@@ -18,9 +20,13 @@ local now = now_ms()
 local fleet = ARGV[3] ~= ''
 local holder = redis.call('GET', KEYS[3])
 local mine = holder and string.sub(holder, -(#ARGV[1] + 1)) == '.' .. ARGV[1]
+-- One read of the job record: what decides the claim, then what the caller asked for.
+local job = {}
+if fleet then
+  job = redis.call('HMGET', KEYS[4], 'status', 'run_at', 'cancel', 'claims', unpack(ARGV, 4))
+end
+local status = job[1]
 if fleet and not mine then
-  local job = redis.call('HMGET', KEYS[4], 'status', 'run_at', 'cancel')
-  local status = job[1]
   if not status then
     return {-1, 'missing'}
   end
@@ -55,13 +61,13 @@ local chain = {}
 if head then
   chain = read_chain(KEYS[2], head)
 end
-local fields = {}
+local values = {}
 if fleet then
   if not mine then
-    move_status(KEYS[5], redis.call('HGET', KEYS[4], 'status'), 'running')
-    redis.call('HSET', KEYS[4], 'status', 'running', 'worker', ARGV[3], 'updated_at', now)
-    redis.call('HINCRBY', KEYS[4], 'claims', 1)
+    move_status(KEYS[5], status, 'running')
+    redis.call('HSET', KEYS[4], 'status', 'running', 'worker', ARGV[3], 'updated_at', now,
+      'claims', (tonumber(job[4]) or 0) + 1)
   end
-  fields = redis.call('HGETALL', KEYS[4])
+  values = {unpack(job, 5, #ARGV + 1)}
 end
-return {1, token, fence, head or '', chain, fields}
+return {1, token, fence, head or '', chain, values}

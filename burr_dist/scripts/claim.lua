@@ -18,13 +18,29 @@ for _, member in ipairs(due) do
   fair_add(KEYS[1], KEYS[4], member, now, tonumber(ARGV[3]))
 end
 local deadline = now + tonumber(ARGV[2])
-local got = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+-- Taken in one pop and moved in one ZADD; the fair-queuing counts change once per partition.
+local got = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[1]))
 local out = {deadline, ''}
-for _, member in ipairs(got) do
-  redis.call('ZREM', KEYS[1], member)
-  fair_remove(KEYS[4], member)
-  redis.call('ZADD', KEYS[3], deadline, member)
+local add, left, order = {}, {}, {}
+for i = 1, #got, 2 do
+  local member = got[i]
   out[#out + 1] = member
+  add[#add + 1], add[#add + 2] = deadline, member
+  if #add >= 2000 then  -- unpack() has a stack limit
+    redis.call('ZADD', KEYS[3], unpack(add))
+    add = {}
+  end
+  local pk = partition_of(member)
+  if not left[pk] then
+    order[#order + 1] = pk
+  end
+  left[pk] = (left[pk] or 0) + 1
+end
+if #add > 0 then
+  redis.call('ZADD', KEYS[3], unpack(add))
+end
+for _, pk in ipairs(order) do
+  fair_remove(KEYS[4], pk, left[pk])
 end
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if head[2] then

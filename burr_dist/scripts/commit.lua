@@ -1,7 +1,8 @@
 #!lua
 -- commit.lua: compare-and-set one Burr step, fenced by the lease when a token is given.
 -- KEYS[1] meta   hash   head, pos, status, wid, fence; oldest (lowest loadable sequence) and
---                       base (lowest stored: the keyframe the oldest step's chain needs)
+--                       base (lowest stored: the keyframe the oldest step's chain needs); tlo
+--                       (a copy of the track hash's 'lo', so that a tracked commit reads it here)
 -- KEYS[2] snaps  hash   seq -> snapshot entry (starts with {"w":"<16-hex write id>", ...);
 --                       k<seq> -> keyframe sequence of a delta entry (codec.py, format 2)
 -- KEYS[3] lease  string current lease token (absent when nobody holds the app)
@@ -58,21 +59,30 @@ if token ~= '' then
     return {-2, holder or ''}
   end
 end
-local function settled_now()
-  if not settle then
-    return nil
-  end
-  return settle_job(KEYS[3], KEYS[5], KEYS[6], {token = token, status = ARGV[9], delay_ms = ARGV[10],
-    attempts = ARGV[11], error = ARGV[12], waiting_for = ARGV[13], consumed = ARGV[14]}, now_ms())
+-- The server's clock, read at most once (TIME is one of the dearer calls of a script).
+local clock = nil
+local function now()
+  clock = clock or now_ms()
+  return clock
 end
-local meta = redis.call('HMGET', KEYS[1], 'head', 'oldest', 'wid', 'base')
+-- The job record's cancel flag (the reply's), and the settle when one was asked for: one read.
+local function finish(code)
+  if not settle then
+    return reply(code, redis.call('HGET', KEYS[5], 'cancel') or '', nil)
+  end
+  local cur = redis.call('HMGET', KEYS[5], 'cancel', 'status', 'attempts')
+  return reply(code, cur[1] or '', settle_job(KEYS[3], KEYS[5], KEYS[6], {token = token,
+    status = ARGV[9], delay_ms = ARGV[10], attempts = ARGV[11], error = ARGV[12],
+    waiting_for = ARGV[13], consumed = ARGV[14]}, now(), cur))
+end
+-- 'tlo' mirrors the tracking hash's 'lo' (the lowest record kept), read here with the rest.
+local meta = redis.call('HMGET', KEYS[1], 'head', 'oldest', 'wid', 'base', 'tlo')
 local head = meta[1]
 if head then
   local h = tonumber(head)
   if h ~= seq - 1 then
     if h >= seq and mine() then
-      local cancel = redis.call('HGET', KEYS[5], 'cancel') or ''
-      return reply(2, cancel, settled_now())
+      return finish(2)
     end
     return {-1, h}
   end
@@ -106,26 +116,32 @@ if floor > oldest then
     low = low + 1
   end
 end
-redis.call('HSET', KEYS[1], 'head', ARGV[1], 'pos', ARGV[3], 'status', ARGV[4],
-  'oldest', tostring(oldest), 'base', tostring(low), 'wid', ARGV[5])
-if not head then
-  -- First commit of the app: index it once, by creation time on the server's clock.
-  redis.call('ZADD', KEYS[4], 'NX', now_ms(), ARGV[8])
-end
+local set = {'head', ARGV[1], 'pos', ARGV[3], 'status', ARGV[4], 'oldest', tostring(oldest),
+  'base', tostring(low), 'wid', ARGV[5]}
 -- Tracking (issue 11): stored only here, after every check passed (a refused commit stores
 -- nothing; a replayed write id returned above), trimmed to the same retention as the snapshots.
 if ARGV[15] ~= nil and ARGV[15] ~= '' then
   local track, keep = KEYS[#KEYS], tonumber(ARGV[6])
   local first = seq - keep + 1
-  local lo = math.max(tonumber(redis.call('HGET', track, 'lo') or seq), first - keep)
+  local lo = tonumber(meta[5])
+  if not lo and head then  -- tracked before 'tlo' existed
+    lo = tonumber(redis.call('HGET', track, 'lo'))
+  end
+  lo = math.max(lo or seq, first - keep)
   while lo < first do
     redis.call('HDEL', track, tostring(lo))
     lo = lo + 1
   end
-  redis.call('HSET', track, ARGV[1], ARGV[15], 'lo', tostring(lo))
   if ARGV[16] ~= '' then
-    redis.call('HSET', track, 'app', ARGV[16])
+    redis.call('HSET', track, ARGV[1], ARGV[15], 'lo', tostring(lo), 'app', ARGV[16])
+  else
+    redis.call('HSET', track, ARGV[1], ARGV[15], 'lo', tostring(lo))
   end
+  set[#set + 1], set[#set + 2] = 'tlo', tostring(lo)
 end
-local cancel = redis.call('HGET', KEYS[5], 'cancel') or ''
-return reply(1, cancel, settled_now())
+redis.call('HSET', KEYS[1], unpack(set))
+if not head then
+  -- First commit of the app: index it once, by creation time on the server's clock.
+  redis.call('ZADD', KEYS[4], 'NX', now(), ARGV[8])
+end
+return finish(1)

@@ -4,7 +4,7 @@
 -- Returns 1 when an entry was removed.
 local n = redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  fair_remove(KEYS[3], ARGV[1])
+  fair_remove(KEYS[3], partition_of(ARGV[1]), 1)
   n = 1
 end
 return n
