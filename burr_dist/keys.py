@@ -12,7 +12,8 @@ encoded queue name, ``T`` a bucket tag, ``U`` a queue-shard tag, see below)::
                                   records (JSON list, no state); 'app' -> graph + metadata; 'lo'
                                   -> lowest sequence still kept (trimmed to ``keep`` by commit.lua)
     burr:{T}:P:apps        zset   app ids of partition P in bucket T, scored by first commit (ms)
-    burr:{T}:counts        hash   status -> number of fleet records in bucket T with that status
+    burr:{T}:counts        hash   status counters of bucket T: '<status>' -> records created with it,
+                                  '<from>><to>' -> records moved (count = own + in - out)
     burr:{T}:sync          int    written before WAIT to confirm a batch (transport.py); a batch
                                   sent through ASK writes burr:{T}:sync:<random> instead (PX 10 s)
     burr:{T}:epoch         hash   store epoch of the primary that owns T (safety.py)

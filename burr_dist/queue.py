@@ -293,11 +293,16 @@ class FleetCore(StoreCore):
 
     @staticmethod
     def read_counts(replies: Sequence[Any]) -> dict[str, int]:
+        """Counts by status from the buckets' counters: a field ``<status>`` adds to its status,
+        a transition field ``<from>><to>`` (what the scripts increment, move_status in
+        scripts/_prelude.lua) moves its count from one status to the other."""
         counts = dict.fromkeys(STATUSES, 0)
         for reply in replies:
-            flat = _pairs(reply)
-            for name, value in flat.items():
-                counts[name] = counts.get(name, 0) + int(value)
+            for name, value in _pairs(reply).items():
+                src, _, dst = name.rpartition(">")
+                if src:
+                    counts[src] = counts.get(src, 0) - int(value)
+                counts[dst] = counts.get(dst, 0) + int(value)
         return counts
 
     def queue_stat_cmds(self, queue: str) -> list[Cmd]:

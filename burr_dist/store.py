@@ -177,7 +177,17 @@ class Settle:
 
 # What a worker reads of an app's fleet record when it acquires the app (acquire.lua returns
 # these, in this order): what a build and a settle need, not the whole record.
-JOB_FIELDS = ("name", "attempts", "inputs", "inputs_at", "state", "entrypoint", "fork_pk", "fork_app", "fork_seq")
+JOB_FIELDS = (
+    "name",
+    "attempts",
+    "inputs",
+    "inputs_at",
+    "state",
+    "entrypoint",
+    "fork_pk",
+    "fork_app",
+    "fork_seq",
+)
 
 
 @dataclass(frozen=True)
@@ -403,7 +413,9 @@ class StoreCore:
     ) -> Call:
         k = self.keys(partition_key, app_id)
         fields = JOB_FIELDS if worker else ()
-        return Call(script("acquire"), (k.meta, k.snaps, k.lease, k.job, k.counts), (nonce, ttl_ms, worker, *fields))
+        return Call(
+            script("acquire"), (k.meta, k.snaps, k.lease, k.job, k.counts), (nonce, ttl_ms, worker, *fields)
+        )
 
     def read_acquire(
         self, reply: Sequence[Any], partition_key: str | None, app_id: str
@@ -419,8 +431,10 @@ class StoreCore:
         state = self.read_chain(chain, partition_key, app_id, head) if chain else None
         if state is None:
             self.bases.drop(partition_key, app_id)
-        # Absent fields are nil (RESP2) or false (RESP3 maps a script's false to a boolean).
-        job = {f: _s(v) for f, v in zip(JOB_FIELDS, values) if v is not None and v is not False}
+        # Absent fields are nil (RESP2) or false (RESP3 maps a script's false to a boolean); a
+        # plain lease (not fleet mode) asked for none.
+        pairs = zip(JOB_FIELDS, values, strict=True) if values else ()
+        job = {f: _s(v) for f, v in pairs if v is not None and v is not False}
         return Acquired(token=_s(token), fence=int(fence), head=state, job=job)
 
     def renew_call(self, partition_key: str | None, app_id: str, token: str, ttl_ms: int) -> Call:

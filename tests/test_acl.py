@@ -156,7 +156,9 @@ def test_the_script_commands_are_exactly_what_the_scripts_call() -> None:
 
     scripts = Path(__file__).resolve().parent.parent / "burr_dist" / "scripts"
     called = {
-        m.lower() for f in scripts.glob("*.lua") for m in re.findall(r"redis\.call\('([A-Z]+)'", f.read_text())
+        m.lower()
+        for f in scripts.glob("*.lua")
+        for m in re.findall(r"redis\.call\('([A-Z]+)'", f.read_text())
     }
     assert called == set(SCRIPT_COMMANDS)
     assert list(SCRIPT_COMMANDS) == sorted(SCRIPT_COMMANDS)

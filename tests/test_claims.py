@@ -87,3 +87,21 @@ def test_delayed_apps_wait_in_scheduled_until_due(client: redis.Redis) -> None:
     assert claim(fleet, shard, 5)[1] == []
     time.sleep(0.2)
     assert claim(fleet, shard, 5)[1] == [member]
+
+
+def test_status_counters_count_each_change_once_and_add_up_with_plain_fields(client: redis.Redis) -> None:
+    """A status change is one HINCRBY of its transition field; `status` adds transitions to the
+    plain per-status fields (what enqueue writes, and all that earlier versions kept)."""
+    from burr_dist.keys import partition_of
+    from burr_dist.queue import EnqueueRequest
+
+    fleet = FleetClient(client)
+    fleet.enqueue_many([EnqueueRequest("x", app_id=a) for a in ("c1", "c2", "c3")])
+    assert fleet.cancel("c2") == "cancelled"
+    bucket = fleet.keys(partition_of(None), "c2").counts
+    assert client.hgetall(bucket).get(b"queued>cancelled") == b"1"
+    assert {k: v for k, v in fleet.overview()["apps"].items() if v} == {"queued": 2, "cancelled": 1}
+    # A bucket as an older worker left it (plain counts), then changed by this version.
+    mixed = {b"queued": b"4", b"completed": b"7", b"queued>running": b"3", b"running>completed": b"2"}
+    counts = FleetClient.read_counts([mixed])
+    assert (counts["queued"], counts["running"], counts["completed"]) == (1, 1, 9)

@@ -1,18 +1,36 @@
 -- _prelude.lua: inserted after the first line of every script (scripts/__init__.py).
-local function now_ms()
+-- The server's clock in ms, as a string made without number formatting: a Lua number passed to
+-- redis.call or tostring() goes through sprintf, about 1 us each, a large share of a short script.
+local function now_str()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local us = t[2]
+  if #us < 6 then
+    us = string.rep('0', 6 - #us) .. us
+  end
+  return t[1] .. string.sub(us, 1, 3)
 end
--- Keep the bucket's status counters in step with a fleet record's status change.
+local function now_ms()
+  return tonumber(now_str())
+end
+-- ms (a string) + delay_ms (a string), as a string.
+local function after(ms, delay_ms)
+  if delay_ms == '0' then
+    return ms
+  end
+  return tostring(tonumber(ms) + tonumber(delay_ms))
+end
+-- Keep the bucket's status counters in step with a fleet record's status change: one HINCRBY of
+-- the transition's own field "<from>><to>" (a new record: "<to>"). The count of a status is its
+-- field plus the transitions into it minus those out of it (FleetClient.read_counts); one
+-- increment per transition instead of two, and plain per-status fields still add up.
 local function move_status(counts, from, to)
   if from == to then
     return
   end
   if from then
-    redis.call('HINCRBY', counts, from, -1)
-  end
-  if to then
-    redis.call('HINCRBY', counts, to, 1)
+    redis.call('HINCRBY', counts, from .. '>' .. to, '1')
+  elseif to then
+    redis.call('HINCRBY', counts, to, '1')
   end
 end
 -- The partition key part of a queue member "<P>:<A>" (encoded ids hold no ':').
@@ -51,14 +69,14 @@ end
 -- claim's last step commits and settles in one script). `a` holds the settle arguments:
 -- token, status, delay_ms, attempts ("reset" | "incr" | "keep" | a count), error, waiting_for,
 -- consumed ("1" when pending inputs were used). `cur` is the record's {cancel, status, attempts}
--- as read by the caller (one HMGET serves both). One write of the record; returns
--- {status, run_at, attempts}.
+-- as read by the caller (one HMGET serves both); `now` is now_str(). One write of the record;
+-- returns {status, run_at, attempts} (strings).
 local function settle_job(lease, job, counts, a, now, cur)
   local status = a.status
   if status ~= 'completed' and cur[1] == '1' then
     status = 'cancelled'
   end
-  local run_at = now + tonumber(a.delay_ms)
+  local run_at = after(now, a.delay_ms)
   move_status(counts, cur[2], status)
   local attempts = cur[3]
   if a.attempts == 'reset' then
@@ -66,7 +84,7 @@ local function settle_job(lease, job, counts, a, now, cur)
   elseif a.attempts == 'incr' then
     attempts = tostring((tonumber(attempts) or 0) + 1)
   elseif tonumber(a.attempts) then
-    attempts = tostring(tonumber(a.attempts))
+    attempts = a.attempts
   end
   local set = {'status', status, 'worker', '', 'updated_at', now, 'run_at', run_at,
     'waiting_for', a.waiting_for, 'settled', a.token}

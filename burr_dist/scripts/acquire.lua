@@ -16,7 +16,7 @@
 --         {0, holder_token, pttl_ms} when someone else holds it;
 --         {-1, status} fleet mode: the job is missing ("missing") or not runnable;
 --         {-2, run_at_ms} fleet mode: the job is not due yet.
-local now = now_ms()
+local now = now_str()
 local fleet = ARGV[3] ~= ''
 local holder = redis.call('GET', KEYS[3])
 local mine = holder and string.sub(holder, -(#ARGV[1] + 1)) == '.' .. ARGV[1]
@@ -38,7 +38,7 @@ if fleet and not mine then
     move_status(KEYS[5], status, 'cancelled')
     return {-1, 'cancelled'}
   end
-  if job[2] and tonumber(job[2]) > now then
+  if job[2] and tonumber(job[2]) > tonumber(now) then
     return {-2, job[2]}
   end
 end
@@ -52,7 +52,7 @@ else
   if holder then
     return {0, holder, redis.call('PTTL', KEYS[3])}
   end
-  fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+  fence = redis.call('HINCRBY', KEYS[1], 'fence', '1')
   token = tostring(fence) .. '.' .. ARGV[1]
   redis.call('SET', KEYS[3], token, 'PX', ARGV[2])
 end
@@ -66,7 +66,7 @@ if fleet then
   if not mine then
     move_status(KEYS[5], status, 'running')
     redis.call('HSET', KEYS[4], 'status', 'running', 'worker', ARGV[3], 'updated_at', now,
-      'claims', (tonumber(job[4]) or 0) + 1)
+      'claims', tostring((tonumber(job[4]) or 0) + 1))
   end
   values = {unpack(job, 5, #ARGV + 1)}
 end

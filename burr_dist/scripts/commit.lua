@@ -62,7 +62,7 @@ end
 -- The server's clock, read at most once (TIME is one of the dearer calls of a script).
 local clock = nil
 local function now()
-  clock = clock or now_ms()
+  clock = clock or now_str()
   return clock
 end
 -- The job record's cancel flag (the reply's), and the settle when one was asked for: one read.
@@ -101,43 +101,53 @@ if string.sub(blob, 23, 29) == '","b":"' then
   end
 end
 redis.call('HSET', KEYS[2], ARGV[1], blob)
-local oldest = tonumber(meta[2] or seq)
-local low = tonumber(meta[4] or oldest)
+-- Numbers stay the strings they were read as unless they change (see now_str).
+local oldest_s = meta[2] or ARGV[1]
+local low_s = meta[4] or oldest_s
+local oldest = tonumber(oldest_s)
+local low = tonumber(low_s)
 local floor = seq - tonumber(ARGV[6]) + 1
 if floor > oldest then
-  oldest = floor
+  oldest, oldest_s = floor, tostring(floor)
   -- Keep the keyframe (and deltas) the new oldest step is built from; drop what is below it.
   local need = kf
   if floor < seq then
     need = tonumber(redis.call('HGET', KEYS[2], 'k' .. floor) or floor)
   end
   while low < need do
-    redis.call('HDEL', KEYS[2], tostring(low), 'k' .. low)
-    low = low + 1
+    local l = tostring(low)
+    redis.call('HDEL', KEYS[2], l, 'k' .. l)
+    low, low_s = low + 1, nil
   end
+  low_s = low_s or tostring(low)
 end
-local set = {'head', ARGV[1], 'pos', ARGV[3], 'status', ARGV[4], 'oldest', tostring(oldest),
-  'base', tostring(low), 'wid', ARGV[5]}
+local set = {'head', ARGV[1], 'pos', ARGV[3], 'status', ARGV[4], 'oldest', oldest_s,
+  'base', low_s, 'wid', ARGV[5]}
 -- Tracking (issue 11): stored only here, after every check passed (a refused commit stores
 -- nothing; a replayed write id returned above), trimmed to the same retention as the snapshots.
 if ARGV[15] ~= nil and ARGV[15] ~= '' then
   local track, keep = KEYS[#KEYS], tonumber(ARGV[6])
   local first = seq - keep + 1
-  local lo = tonumber(meta[5])
-  if not lo and head then  -- tracked before 'tlo' existed
-    lo = tonumber(redis.call('HGET', track, 'lo'))
+  local lo_s = meta[5]
+  if not lo_s and head then  -- tracked before 'tlo' existed
+    lo_s = redis.call('HGET', track, 'lo') or nil
   end
-  lo = math.max(lo or seq, first - keep)
+  lo_s = lo_s or ARGV[1]
+  local lo = tonumber(lo_s)
+  if lo < first - keep then
+    lo, lo_s = first - keep, nil
+  end
   while lo < first do
     redis.call('HDEL', track, tostring(lo))
-    lo = lo + 1
+    lo, lo_s = lo + 1, nil
   end
+  lo_s = lo_s or tostring(lo)
   if ARGV[16] ~= '' then
-    redis.call('HSET', track, ARGV[1], ARGV[15], 'lo', tostring(lo), 'app', ARGV[16])
+    redis.call('HSET', track, ARGV[1], ARGV[15], 'lo', lo_s, 'app', ARGV[16])
   else
-    redis.call('HSET', track, ARGV[1], ARGV[15], 'lo', tostring(lo))
+    redis.call('HSET', track, ARGV[1], ARGV[15], 'lo', lo_s)
   end
-  set[#set + 1], set[#set + 2] = 'tlo', tostring(lo)
+  set[#set + 1], set[#set + 2] = 'tlo', lo_s
 end
 redis.call('HSET', KEYS[1], unpack(set))
 if not head then

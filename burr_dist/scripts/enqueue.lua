@@ -9,12 +9,9 @@ local existing = redis.call('HMGET', KEYS[1], 'status', 'run_at', 'queue')
 if existing[1] then
   return {0, existing[1], existing[2] or '', existing[3] or ''}
 end
-local now = now_ms()
-local run_at = now + tonumber(ARGV[1])
-redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'claims', 0,
-  'created_at', now, 'updated_at', now, 'run_at', run_at, 'inputs_at', '')
-for i = 2, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-end
+local now = now_str()
+local run_at = after(now, ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', '0', 'claims', '0',
+  'created_at', now, 'updated_at', now, 'run_at', run_at, 'inputs_at', '', unpack(ARGV, 2))
 move_status(KEYS[2], nil, 'queued')
 return {1, run_at}

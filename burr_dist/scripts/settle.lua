@@ -21,6 +21,6 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {0}
 end
 local r = settle_job(KEYS[1], KEYS[2], KEYS[3], {token = ARGV[1], status = ARGV[2], delay_ms = ARGV[3],
-  attempts = ARGV[4], error = ARGV[5], waiting_for = ARGV[6], consumed = ARGV[7]}, now_ms(),
+  attempts = ARGV[4], error = ARGV[5], waiting_for = ARGV[6], consumed = ARGV[7]}, now_str(),
   redis.call('HMGET', KEYS[2], 'cancel', 'status', 'attempts'))
 return {1, r[1], r[2], r[3]}
