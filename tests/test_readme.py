@@ -80,6 +80,7 @@ COVERED: dict[str, str] = {
     "burr-dist metrics --port 9464": OBS,
     "burr-dist ui --port 7241": UI,
     ".venv/bin/python bench/steps.py": BENCH,
+    ".venv/bin/python bench/script_cost.py": BENCH,
 }
 
 
@@ -444,6 +445,14 @@ def test_bench_scripts_run_at_a_small_size(fleet_server: EmbeddedServer) -> None
     )  # fmt: skip
     assert growth.returncode == 0, growth.stderr
     assert growth.stdout.splitlines()[-1].startswith("append_memory_ratio="), growth.stdout
+    scripts = subprocess.run(  # its own embedded servers: it records with MONITOR, replays on a fresh one
+        [sys.executable, "bench/script_cost.py", "--apps", "20", "--rounds", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert scripts.returncode == 0, scripts.stderr
+    replayed = [line.split()[0] for line in scripts.stdout.splitlines()[2:-1]]
+    assert replayed == ["enqueue", "ready", "acquire", "commit", "ack"], scripts.stdout
+    assert scripts.stdout.splitlines()[-1].startswith("script_us_per_app="), scripts.stdout
     fleet = subprocess.run(
         [sys.executable, "bench/fleet.py", "--apps", "3", "--ten-step-apps", "2", "--idle-apps", "2",
          "--idle-gap", "0.005", "--concurrency", "4", "--scale-procs", "2", "--rounds", "1",

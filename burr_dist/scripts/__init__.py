@@ -31,3 +31,13 @@ def script(name: str) -> LuaScript:
         raise ValueError(f"scripts/{name}.lua must start with a #!lua line")
     source = f"{first}\n{_read('_prelude')}{body}"
     return LuaScript(name=name, source=source, sha=hashlib.sha1(source.encode()).hexdigest())
+
+
+def known_scripts() -> list[LuaScript]:
+    """Every script of the package (not the prelude), by name."""
+    names = sorted(
+        f.name[: -len(".lua")]
+        for f in resources.files(__package__).iterdir()
+        if f.name.endswith(".lua") and not f.name.startswith("_")
+    )
+    return [script(n) for n in names]
