@@ -224,8 +224,10 @@ class FleetCore(StoreCore):
         q = self.schema.queue_shard(queue, shard)
         return Call(script("sweep"), (q.ready, q.active, q.vt), (most, self.config.fair_quantum_ms))
 
-    def touch_call(self, queue: str, shard: int, claim_ms: int, members: Iterable[str]) -> Call:
-        return Call(script("touch"), (self.schema.queue_shard(queue, shard).active,), (claim_ms, *members))
+    def touch_call(self, queue: str, shard: int, claim_ms: int, claims: Iterable[tuple[str, int]]) -> Call:
+        """Extend the claims ``(member, deadline this worker last saw set)`` it still holds."""
+        args = [x for member, deadline in claims for x in (member, deadline)]
+        return Call(script("touch"), (self.schema.queue_shard(queue, shard).active,), (claim_ms, *args))
 
     def ack_call(
         self,

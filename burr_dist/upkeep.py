@@ -122,7 +122,9 @@ class Upkeep:
         if not by_shard:
             return
         calls = [
-            self.fleet.touch_call(q, shard, int(self.lease_ttl * 1000), [c.member for c in claims])
+            self.fleet.touch_call(
+                q, shard, int(self.lease_ttl * 1000), [(c.member, c.deadline) for c in claims]
+            )
             for (q, shard), claims in by_shard.items()
         ]
         for claims, reply in zip(by_shard.values(), await self.fleet.run_many(calls), strict=True):

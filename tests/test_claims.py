@@ -22,14 +22,17 @@ def test_touch_extends_a_live_claim_but_never_revives_an_expired_one(client: red
     shard = 0
     q = fleet.schema.queue_shard(Q, shard)
     client.zadd(q.ready, {"p:live": 0, "p:late": 0})
-    _, got = claim(fleet, shard, 10)
+    deadline, got = claim(fleet, shard, 10)
     assert sorted(got) == ["p:late", "p:live"]
     time.sleep(0.1)
-    reply = fleet.run(fleet.touch_call(Q, shard, 200, ["p:live"]))
+    reply = fleet.run(fleet.touch_call(Q, shard, 200, [("p:live", deadline)]))
     assert reply[1:] == [1]  # still live: extended
     assert client.zscore(q.active, "p:live") == int(reply[0])  # the deadline the worker remembers
     time.sleep(0.15)  # p:late's deadline passed; the worker's touch for it was slow to arrive
-    assert fleet.run(fleet.touch_call(Q, shard, 200, ["p:late", "p:gone"]))[1:] == [0, 0]
+    assert fleet.run(fleet.touch_call(Q, shard, 200, [("p:late", deadline), ("p:gone", deadline)]))[1:] == [
+        0,
+        0,
+    ]
     assert fleet.run(fleet.sweep_call(Q, shard)) == [b"p:late"]  # recovered on time, not 200 ms later
     assert client.zrange(q.active, 0, -1) == [b"p:live"]
     assert client.zrange(q.ready, 0, -1) == [b"p:late"]
@@ -51,7 +54,7 @@ def test_ack_drops_only_the_claim_its_worker_holds(client: redis.Redis) -> None:
     assert client.zscore(q.active, member) == second
     # The owner's ack works even when a touch it has not heard back from moved the deadline on.
     time.sleep(0.003)  # the touch's deadline lands in a later ms than the claim's
-    touched = fleet.run(fleet.touch_call(Q, shard, 50, [member]))[0]
+    touched = fleet.run(fleet.touch_call(Q, shard, 50, [(member, second)]))[0]
     assert touched > second
     assert fleet.run(fleet.ack_call(Q, member, second, None, delay_ms=60_000, claim_ms=50)) == 1
     assert client.zscore(q.active, member) is None
@@ -105,3 +108,22 @@ def test_status_counters_count_each_change_once_and_add_up_with_plain_fields(cli
     mixed = {b"queued": b"4", b"completed": b"7", b"queued>running": b"3", b"running>completed": b"2"}
     counts = FleetClient.read_counts([mixed])
     assert (counts["queued"], counts["running"], counts["completed"]) == (1, 1, 9)
+
+
+def test_a_stale_worker_touch_leaves_the_new_owner_claim_alone(client: redis.Redis) -> None:
+    """A worker that stalled past its claim (swept, claimed again by another worker) and wakes up
+    must not extend the new owner's deadline: if that owner dies, the sweep must not wait on a
+    worker that no longer runs the app."""
+    fleet = FleetClient(client)
+    member = "p:t"
+    shard = fleet.schema.shard_of(member)
+    q = fleet.schema.queue_shard(Q, shard)
+    fleet.run(fleet.ready_call(Q, "p", "t", 0))
+    first, _ = claim(fleet, shard, 1, claim_ms=50)
+    time.sleep(0.08)
+    assert fleet.run(fleet.sweep_call(Q, shard)) == [member.encode()]
+    second, _ = claim(fleet, shard, 1, claim_ms=50)
+    time.sleep(0.005)
+    assert fleet.run(fleet.touch_call(Q, shard, 50, [(member, first)]))[1:] == [0]  # the stale worker
+    assert client.zscore(q.active, member) == second
+    assert fleet.run(fleet.touch_call(Q, shard, 50, [(member, second)]))[1:] == [1]  # the owner
