@@ -4,7 +4,8 @@ Layout (prefix ``burr``; ``P`` and ``A`` are the encoded partition key and app i
 encoded queue name, ``T`` a bucket tag, ``U`` a queue-shard tag, see below)::
 
     burr:{T}:P:A:meta      hash   head sequence, position, status, fencing counter, write id;
-                                  'tlo' mirrors the track hash's 'lo' (commit.lua reads it here)
+                                  'tlo' mirrors the track hash's 'lo' (commit.lua reads it here);
+                                  'cancel' hints that the job record's cancel flag is set
     burr:{T}:P:A:snaps     hash   sequence id -> snapshot JSON (the last ``keep`` steps)
     burr:{T}:P:A:lease     string lease token, expires on the server's clock (PX)
     burr:{T}:P:A:job       hash   fleet record: app name, status, attempts, last error, inputs...

@@ -69,6 +69,11 @@ class _Run:
     error: Exception | None = None
     settled: tuple[str, int, int] | None = None  # the last commit also settled: (status, run_at, attempts)
     release_op: str | None = None  # chaos history: the settle sent with the last commit
+    # The next action as _plan_settle found it after the last step (the commit leaves the state
+    # alone): the loop's next _decide takes it instead of asking Burr again (an expr() condition
+    # compiles its expression on every evaluation).
+    next_action: Any = None
+    next_known: bool = False
 
 
 class Recorder:
@@ -252,7 +257,10 @@ class ClaimRunner:
     def _decide(self, run: _Run) -> tuple[str, Any]:
         """What to do next with a claimed app (no I/O): step, or end the claim and how."""
         assert run.app is not None
-        nxt = run.app.get_next_action()
+        if run.next_known:
+            nxt, run.next_action, run.next_known = run.next_action, None, False
+        else:
+            nxt = run.app.get_next_action()
         if nxt is None:
             return "completed", None
         if nxt.name in run.spec.halt_before and run.pending is None:
@@ -269,6 +277,7 @@ class ClaimRunner:
         run.steps += 1
         run.end, info = self._decide(run)
         if run.end == "step":
+            run.next_action, run.next_known = info, True
             return None
         run.waiting_for = info if run.end == "waiting" else ""
         settle = {

@@ -2,13 +2,14 @@
 -- commit.lua: compare-and-set one Burr step, fenced by the lease when a token is given.
 -- KEYS[1] meta   hash   head, pos, status, wid, fence; oldest (lowest loadable sequence) and
 --                       base (lowest stored: the keyframe the oldest step's chain needs); tlo
---                       (a copy of the track hash's 'lo', so that a tracked commit reads it here)
+--                       (a copy of the track hash's 'lo', so that a tracked commit reads it here);
+--                       cancel: "1" once a cancel of the running app was asked for (control.lua)
 -- KEYS[2] snaps  hash   seq -> snapshot entry (starts with {"w":"<16-hex write id>", ...);
 --                       k<seq> -> keyframe sequence of a delta entry (codec.py, format 2)
 -- KEYS[3] lease  string current lease token (absent when nobody holds the app)
 -- KEYS[4] index  zset   the partition's index in this bucket: app id -> first commit (server ms)
--- KEYS[5] job    hash   fleet record: its 'cancel' field is read (absent outside a fleet), and
---                       a settle (below) writes it
+-- KEYS[5] job    hash   fleet record: its 'cancel' field is read when meta's hint is set or with
+--                       a settle (absent outside a fleet), and a settle (below) writes it
 -- KEYS[6] counts hash   the bucket's status counters (given, and written, only with a settle)
 -- KEYS[#KEYS] track hash tracking records (issue 11), given only with ARGV[15]: then it is the
 --                       last key (KEYS[7] with a settle, KEYS[6] without). Not declared otherwise:
@@ -66,17 +67,23 @@ local function now()
   return clock
 end
 -- The job record's cancel flag (the reply's), and the settle when one was asked for: one read.
+-- Without a settle the record is read only when the meta hash's hint says a cancel was asked
+-- for (control.lua sets both): a step that nobody cancels costs no read of the job record.
+local meta = redis.call('HMGET', KEYS[1], 'head', 'oldest', 'wid', 'base', 'tlo', 'cancel')
 local function finish(code)
   if not settle then
-    return reply(code, redis.call('HGET', KEYS[5], 'cancel') or '', nil)
+    local cancel = ''
+    if meta[6] == '1' then
+      cancel = redis.call('HGET', KEYS[5], 'cancel') or ''
+    end
+    return reply(code, cancel, nil)
   end
   local cur = redis.call('HMGET', KEYS[5], 'cancel', 'status', 'attempts')
   return reply(code, cur[1] or '', settle_job(KEYS[3], KEYS[5], KEYS[6], {token = token,
     status = ARGV[9], delay_ms = ARGV[10], attempts = ARGV[11], error = ARGV[12],
     waiting_for = ARGV[13], consumed = ARGV[14]}, now(), cur))
 end
--- 'tlo' mirrors the tracking hash's 'lo' (the lowest record kept), read here with the rest.
-local meta = redis.call('HMGET', KEYS[1], 'head', 'oldest', 'wid', 'base', 'tlo')
+-- meta[5], 'tlo', mirrors the tracking hash's 'lo' (the lowest record kept).
 local head = meta[1]
 if head then
   local h = tonumber(head)

@@ -1,7 +1,8 @@
 #!lua
 -- control.lua: operator transitions of an app's fleet record: resume, cancel, retry.
 -- KEYS[1] job    hash   fleet record ('op' keeps the id of the last operation applied)
--- KEYS[2] meta   hash   the app's head (resume records which head its inputs are for)
+-- KEYS[2] meta   hash   the app's head (resume records which head its inputs are for); its
+--                       'cancel' is a hint for commit.lua (the job record's flag is the truth)
 -- KEYS[3] counts hash   the bucket's status counters
 -- ARGV[1] op      "resume" | "cancel" | "retry"
 -- ARGV[2] inputs  JSON object for resume ("" otherwise)
@@ -38,6 +39,7 @@ elseif op == 'cancel' then
     return {1, 'cancelled', '', redis.call('HGET', KEYS[1], 'queue')}
   elseif status == 'running' then
     redis.call('HSET', KEYS[1], 'cancel', '1', 'updated_at', now, 'op', ARGV[3])
+    redis.call('HSET', KEYS[2], 'cancel', '1')  -- the hint commit.lua reads with the head
     return {2, 'running'}
   end
   return {0, status}
@@ -47,6 +49,7 @@ elseif op == 'retry' then
   end
   redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'cancel', '', 'run_at', now,
     'updated_at', now, 'op', ARGV[3])
+  redis.call('HDEL', KEYS[2], 'cancel')
   move_status(KEYS[3], status, 'queued')
   return {1, 'queued', now, redis.call('HGET', KEYS[1], 'queue')}
 end
