@@ -206,6 +206,9 @@ def start_worker(
                 f"worker {wid} never registered",
                 alive=worker,
             )
+        except BaseException:
+            worker.kill()  # the caller never gets it to stop: no process left behind
+            raise
         finally:
             fleet.client.close()
     return worker

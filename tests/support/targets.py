@@ -13,8 +13,10 @@ use the ``cluster_ha`` / ``sentinel`` fixtures, which are fresh per test.
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -185,7 +187,9 @@ _tls: TLSFiles | None = None
 def session_tls() -> TLSFiles:
     global _tls
     if _tls is None:
-        _tls = make_tls_files(tempfile.mkdtemp(prefix="burr-dist-tls-"))
+        directory = tempfile.mkdtemp(prefix="burr-dist-tls-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)  # certificates and keys
+        _tls = make_tls_files(directory)
     return _tls
 
 
