@@ -56,13 +56,29 @@ MUTANTS = (
            ("tests/chaos/test_stateful.py",)),
     Mutant("release deletes any lease", "release.lua", "if redis.call('GET', KEYS[1]) == ARGV[1] then",
            "if true then", ("tests/chaos/test_stateful.py",)),
-    Mutant("touch revives expired claims", "touch.lua", "if current and tonumber(current) > now then",
-           "if current then", ("tests/test_claims.py",)),
+    Mutant("touch revives expired claims", "touch.lua",
+           "if current and current > now and current < tonumber(ARGV[i + 1]) + claim_ms then",
+           "if current and current < tonumber(ARGV[i + 1]) + claim_ms then", ("tests/test_claims.py",)),
+    Mutant("touch extends another worker's claim", "touch.lua",
+           "if current and current > now and current < tonumber(ARGV[i + 1]) + claim_ms then",
+           "if current and current > now then", ("tests/test_claims.py", "-k", "stale_worker_touch")),
+    Mutant("a step's commit ignores the cancel hint", "commit.lua", "if meta[6] == '1' then", "if false then",
+           ("tests/test_fleet_e2e.py", "-k", "cancel_running")),
+    Mutant("status changes are not counted", "_prelude.lua",
+           "redis.call('HINCRBY', counts, from .. '>' .. to, '1')", "local _ = from",
+           ("tests/test_claims.py", "-k", "counters")),
     Mutant("heartbeat never bumps the store epoch", "epoch.lua", "redis.call('HINCRBY', KEYS[1], 'n', 1)",
            "tonumber(redis.call('HGET', KEYS[1], 'n') or 1)", ("tests/test_rewind.py", "-k", "counter_back")),
 )  # fmt: skip
-# The CAS mutant needs a second edit: both checks go.
-EXTRA = {"commit ignores the head (no CAS) and the token": ("  if h ~= seq - 1 then", "  if false then")}
+# The CAS mutant needs more edits: every check that refuses a stale commit goes. A delta's base
+# check is one: a stale delta is refused because its base is no longer the stored head (with it
+# left in, the delayed commits of the network scenario were refused and the mutant survived).
+EXTRA = {
+    "commit ignores the head (no CAS) and the token": (
+        ("  if h ~= seq - 1 then", "  if false then"),
+        ("if not head or meta[3] ~= base then", "if false then"),
+    )
+}
 
 
 def copy_tree(dest: Path) -> None:
@@ -105,7 +121,7 @@ def run(m: Mutant | None, tests: tuple[str, ...] = ()) -> tuple[bool, float, str
 def mutate(tmp: Path, m: Mutant) -> None:
     path = tmp / "burr_dist" / "scripts" / m.script
     text = path.read_text()
-    for old, new in [(m.old, m.new), *([EXTRA[m.name]] if m.name in EXTRA else [])]:
+    for old, new in [(m.old, m.new), *EXTRA.get(m.name, ())]:
         if old not in text:
             raise SystemExit(f"mutant {m.name!r}: {old!r} is no longer in {m.script}: update the mutant")
         text = text.replace(old, new, 1)
