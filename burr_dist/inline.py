@@ -13,7 +13,11 @@ action name; sans-IO here, the runner measures):
   before it runs on the loop again: an action that blocks now and then stalls the loop a few
   times in a worker's life, while one that was only slowed once (a pool thread holding the GIL,
   a GC pause) gets back to the loop;
-* an action that never ran fast in the pool never runs on the loop (an LLM call, a sleep).
+* an action that never ran fast in the pool never runs on the loop (an LLM call, a sleep);
+* a long run on the loop in which the thread neither slept nor used that much CPU was not the
+  action's doing: the OS ran something else (a busy host, a VM's stolen time). Where the OS counts
+  a thread's context switches (Linux ``RUSAGE_THREAD``) such a run is not held against the action;
+  without those counts every long run is.
 
 ``budget=0`` turns it off: every sync action runs in the pool.
 """
@@ -21,11 +25,30 @@ action name; sans-IO here, the runner measures):
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
 DEMOTE_FACTOR = 10  # a run on the loop this many budgets long sends the action back to the pool
+try:
+    import resource
+
+    _THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)  # Linux only
+except ImportError:  # not on this OS
+    _THREAD = None
+T = TypeVar("T")
+
+
+def thread_usage() -> tuple[int, float] | None:
+    """The calling thread's voluntary context switches (it slept: I/O, a lock, a sleep) and its CPU
+    seconds, or None where the OS does not count them per thread."""
+    if _THREAD is None:
+        return None
+    ru = resource.getrusage(_THREAD)
+    return ru.ru_nvcsw, ru.ru_utime + ru.ru_stime
 
 
 @dataclass
@@ -52,15 +75,40 @@ class InlinePolicy:
             return False
         return seen.runs >= self.warmup * DEMOTE_FACTOR**seen.demotions and seen.fastest < self.budget
 
-    def observe(self, app: str, action: str, seconds: float, *, inline: bool) -> None:
-        """A run of ``action`` took ``seconds`` (on the loop when ``inline``)."""
+    def run(self, app: str, action: str, step: Callable[[], T]) -> T:
+        """``step()`` on the calling thread (the loop's), observed as an inline run."""
+        before = thread_usage()  # 0.5 us: read before every run, after it only when it was long
+        started = time.perf_counter()
+        try:
+            return step()
+        finally:
+            seconds = time.perf_counter() - started
+            slept = cpu = None
+            if before is not None and seconds > DEMOTE_FACTOR * self.budget:
+                after = thread_usage()
+                assert after is not None
+                slept, cpu = after[0] - before[0], after[1] - before[1]
+            self.observe(app, action, seconds, inline=True, slept=slept, cpu=cpu)
+
+    def observe(
+        self, app: str, action: str, seconds: float, *, inline: bool,
+        slept: int | None = None, cpu: float | None = None,
+    ) -> None:  # fmt: skip
+        """A run of ``action`` took ``seconds`` (on the loop when ``inline``). ``slept`` and ``cpu``
+        (inline runs, where known): the thread's voluntary context switches and CPU seconds in it."""
         if self.budget <= 0:
             return
         seen = self._seen.setdefault((app, action), _Seen())
+        limit = DEMOTE_FACTOR * self.budget
         if not inline:
             seen.runs += 1
             seen.fastest = min(seen.fastest, seconds)
-        elif seconds > DEMOTE_FACTOR * self.budget:
+        elif seconds > limit and slept == 0 and cpu is not None and cpu <= limit:
+            # Never slept, never busy that long: it waited for a CPU, not for I/O.
+            log.debug("sync action %r of app %r took %.1f ms on the event loop, %.1f ms of it on a CPU "
+                      "and without sleeping: the host was busy; it stays on the loop", action, app,
+                      seconds * 1000, cpu * 1000, extra={"event": "inline_preempted"})  # fmt: skip
+        elif seconds > limit:
             seen.demotions += 1
             seen.runs, seen.fastest = 0, float("inf")
             log.warning(

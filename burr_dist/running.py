@@ -362,11 +362,7 @@ class ClaimRunner:
             return await app.astep(inputs=inputs)
         name, action = run.spec.name, nxt.name
         if self.inline.inline(name, action):
-            started = time.perf_counter()
-            try:
-                return app.step(inputs=inputs)
-            finally:
-                self.inline.observe(name, action, time.perf_counter() - started, inline=True)
+            return self.inline.run(name, action, lambda: app.step(inputs=inputs))
         out, seconds = await asyncio.get_running_loop().run_in_executor(self._pool, _timed_step, app, inputs)
         self.inline.observe(name, action, seconds, inline=False)
         return out

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -17,7 +20,7 @@ from burr_dist import FleetClient, Registry
 from burr_dist.connection import connect
 from burr_dist.embedded import EmbeddedServer
 from burr_dist.errors import ConfigurationError
-from burr_dist.inline import InlinePolicy
+from burr_dist.inline import InlinePolicy, thread_usage
 from burr_dist.queue import EnqueueRequest
 from burr_dist.registry import AppContext
 from burr_dist.worker import Worker
@@ -75,6 +78,82 @@ def test_bad_budgets_are_refused(budget: float) -> None:
         InlinePolicy(budget=budget)
     with pytest.raises(ConfigurationError, match="inline_ms"):
         Worker(Registry(), url="redis://127.0.0.1:1/0", inline_ms=budget * 1000)
+
+
+def test_a_long_run_that_neither_slept_nor_used_the_cpu_keeps_the_action_on_the_loop() -> None:
+    p = InlinePolicy(budget=0.002, warmup=1)
+    p.observe("app", "a", 0.0001, inline=False)
+    p.observe("app", "a", 0.05, inline=True, slept=0, cpu=0.001)  # preempted: the host was busy
+    assert p.inline("app", "a")
+    p.observe("app", "a", 0.05, inline=True, slept=0, cpu=0.03)  # busy on the CPU itself
+    assert not p.inline("app", "a")
+    p.observe("app", "b", 0.0001, inline=False)
+    p.observe("app", "b", 0.05, inline=True, slept=1, cpu=0.001)  # slept: I/O, a lock, a sleep
+    assert not p.inline("app", "b")
+    p.observe("app", "c", 0.0001, inline=False)
+    p.observe("app", "c", 0.05, inline=True)  # no counts from the OS: every long run counts
+    assert not p.inline("app", "c")
+
+
+def _spin(seconds: float) -> None:
+    """Busy on the CPU for ``seconds`` of this thread's CPU time."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+
+
+@pytest.mark.skipif(thread_usage() is None, reason="no per-thread context switch counts on this OS")
+def test_real_runs_that_sleep_or_burn_the_cpu_on_the_loop_are_demoted() -> None:
+    for name, step in (("sleeps", lambda: time.sleep(0.03)), ("burns", lambda: _spin(0.03))):
+        p = InlinePolicy(budget=0.002, warmup=1)
+        p.observe("app", name, 0.0001, inline=False)
+        p.run("app", name, step)
+        assert not p.inline("app", name), name
+
+
+@pytest.mark.skipif(thread_usage() is None, reason="no per-thread context switch counts on this OS")
+def test_a_run_the_os_preempted_stays_on_the_loop(caplog: Any) -> None:
+    """A process of higher priority on this thread's CPU takes it for 50 ms at a time: a 1 ms
+    action then takes far longer than 10 budgets without sleeping. It is not demoted."""
+    cpu = min(os.sched_getaffinity(0))
+    hog_code = (
+        "import os, sys, time\n"
+        f"os.sched_setaffinity(0, {{{cpu}}})\n"
+        "os.nice(-19)\n"
+        "print('ok', flush=True)\n"
+        "while True:\n"
+        "    t = time.perf_counter()\n"
+        "    while time.perf_counter() - t < 0.05: pass\n"
+        "    time.sleep(0.002)\n"
+    )  # fmt: skip
+    hog = subprocess.Popen(
+        [sys.executable, "-c", hog_code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    affinity = os.sched_getaffinity(0)
+    try:
+        if hog.stdout is None or hog.stdout.readline().strip() != "ok":
+            pytest.skip(
+                f"cannot run a higher-priority process here: {hog.stderr.read() if hog.stderr else ''}"
+            )
+        os.sched_setaffinity(0, {cpu})  # this thread only
+        p = InlinePolicy(budget=0.002, warmup=1)
+        p.observe("app", "a", 0.0001, inline=False)
+        longest = 0.0
+        with caplog.at_level(logging.DEBUG, logger="burr_dist.inline"):
+            for _ in range(500):
+                started = time.perf_counter()
+                p.run("app", "a", lambda: _spin(0.001))
+                longest = max(longest, time.perf_counter() - started)
+                if longest > 0.025:
+                    break
+        assert longest > 0.025, f"never preempted for long (longest run {longest * 1000:.1f} ms)"
+        assert p.inline("app", "a")
+        assert "inline_preempted" in [getattr(r, "event", None) for r in caplog.records]
+        assert "inline_demoted" not in [getattr(r, "event", None) for r in caplog.records]
+    finally:
+        os.sched_setaffinity(0, affinity)
+        hog.kill()
+        hog.wait()
 
 
 # -- under the worker ----------------------------------------------------------------------------
