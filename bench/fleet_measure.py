@@ -132,7 +132,8 @@ class Children:
         self.lines.put((i, None))
 
     def wait_for(self, word: str, count: int, timeout: float = PHASE_TIMEOUT) -> None:
-        """Until ``count`` lines starting with ``word`` came (over all children)."""
+        """Until lines starting with ``word`` counted ``count`` (over all children): a line
+        ``<word> <n>`` counts n, a bare ``<word>`` one."""
         give_up = time.monotonic() + timeout
         seen = 0
         while seen < count:
@@ -150,8 +151,9 @@ class Children:
                 continue
             if line.startswith("json "):
                 self.payloads.append(json.loads(line[5:]))
-            if line.split(" ", 1)[0] == word:
-                seen += 1
+            parts = line.split(" ")
+            if parts[0] == word:  # "<word>" or "<word> <count>"
+                seen += int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else 1
 
     def go(self) -> None:
         for p in self.procs:

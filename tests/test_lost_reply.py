@@ -182,6 +182,36 @@ async def test_async_lost_commit_reply(proxy: FaultProxy, client: redis.Redis) -
     assert [s["state"]["n"] for _, s in sorted(stored(client).items())] == [1, 2, 3]
 
 
+async def test_async_round_trip_has_one_deadline_the_socket_timeout(
+    proxy: FaultProxy, client: redis.Redis
+) -> None:
+    """A round trip whose replies never come fails after the socket timeout (its own deadline:
+    the reads have no timer each), as a transient error: retried, then RedisUnavailable, with
+    nothing written. Replies flowing again, the next save goes through."""
+    ac = aconnect(proxy.url, socket_timeout=0.3)
+    retry = RetryPolicy(attempts=2, initial=0.01, maximum=0.01, deadline=5.0)
+    store = AsyncRedisStore(ac, StoreConfig(retry=retry))
+    p = AsyncRedisPersister(store)
+    try:
+        await p.save(PK, APP, 0, "inc", State({"n": 1}), "completed")
+        proxy.set_mode("blackhole")
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailable) as info:
+            await p.save(PK, APP, 1, "inc", State({"n": 2}), "completed")
+        took = time.monotonic() - started
+        assert 0.6 <= took < 2.0, took  # two tries of 0.3 s each (plus reconnects), not 0.3 s per reply
+        # The first try ends at the round trip's deadline (without one a read here has no timer
+        # and would wait forever); a reconnect's handshake may time out in redis-py's own read.
+        assert "imeout" in str(info.value), info.value
+        assert int(client.hget(KEYS.meta, "head")) == 0
+        proxy.set_mode("pass")
+        proxy.close_all()
+        await p.save(PK, APP, 1, "inc", State({"n": 2}), "completed")
+    finally:
+        await ac.aclose()
+    assert int(client.hget(KEYS.meta, "head")) == 1
+
+
 class _ReplyLostThenTakeover(RedisStore):
     """Sends the first commit for real, then loses its reply, and while the worker is without an
     answer its lease expires and another worker takes the app (``between``)."""
