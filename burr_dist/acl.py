@@ -36,7 +36,7 @@ SCRIPT_COMMANDS = (
 # Commands sent from Python (transport, store, fleet client, worker, UI backend), sorted.
 CLIENT_COMMANDS = (
     "config|get", "del", "evalsha", "get", "hget", "hgetall", "hmget", "incr", "pexpire", "ping", "pttl",
-    "sadd", "scan", "script|load", "smembers", "time", "wait", "zadd", "zcard", "zrange", "zrem",
+    "sadd", "scan", "script|load", "set", "smembers", "time", "wait", "zadd", "zcard", "zrange", "zrem",
     "zscore", "lpush", "ltrim", "blpop",
 )  # fmt: skip
 # What redis-py sends on its own: connection set-up, Cluster discovery and redirects.

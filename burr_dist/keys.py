@@ -26,6 +26,8 @@ encoded queue name, ``T`` a bucket tag, ``U`` a queue-shard tag, see below)::
     burr:{fleet}:worker:W  hash   one worker's host, pid, queues, concurrency (expires)
     burr:{fleet}:queues    set    names of queues ever enqueued to (for status and sweeps)
     burr:{fleet}:bell:Q    list   wake-up tokens for idle workers of queue Q (bounded)
+    burr:{fleet}:graph:D   string an app graph (Burr tracking) by the digest D of its JSON: written
+                                  once, shared by every app built from the same graph; no TTL
 
 **Buckets.** An app lives in bucket ``crc32("P:A") % buckets`` (default 256). Everything of the
 bucket shares the hash tag ``{T}``, so each script touches one Cluster slot and still updates the
@@ -58,6 +60,7 @@ DEFAULT_PREFIX = "burr"
 DEFAULT_PARTITION = "default"
 DEFAULT_BUCKETS = 256
 DEFAULT_QUEUE_SHARDS = 24
+_DIGEST = re.compile(r"[0-9a-f]{32}")
 SLOTS = 16384
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.@+=,;!~")
@@ -260,6 +263,12 @@ class KeySchema:
     def bell(self, queue: str) -> str:
         """A list idle workers block on (BLPOP); enqueues push to it so they start at once."""
         return f"{self.prefix}:{{fleet}}:bell:{encode_id(check_id('queue', queue))}"
+
+    def graph(self, digest: str) -> str:
+        """Where the tracking graph with this digest (32 hex digits, tracking.py) is kept."""
+        if not _DIGEST.fullmatch(digest):
+            raise ConfigurationError(f"graph digest must be 32 hex digits, got {digest!r}", digest=digest)
+        return f"{self.prefix}:{{fleet}}:graph:{digest}"
 
     def job_pattern(self, partition_key: str | None = None) -> str:
         """SCAN MATCH pattern for job records, of one partition when given (braces are not glob

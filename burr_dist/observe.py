@@ -1,10 +1,17 @@
 """Where the worker reports what a :class:`~burr_dist.registry.FleetEvent` does not carry: commit
 latency, claims per queue, action failures, sequence conflicts. The base class does nothing (a
 worker without ``--metrics-port`` pays one no-op call per step and never imports
-``prometheus_client``); :class:`burr_dist.metrics.WorkerMetrics` fills it in.
+``prometheus_client``); :class:`burr_dist.metrics.WorkerMetrics` fills it in. And
+:class:`Recorder`: the lease operations of chaos runs, for their history checker.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from burr_dist.chaos.history import HistoryRecorder
+    from burr_dist.lease import AsyncLease
 
 
 class Observer:
@@ -25,3 +32,31 @@ class Observer:
 
 
 NOOP = Observer()
+
+
+class Recorder:
+    """Chaos-run histories of lease operations (a no-op without a HistoryRecorder)."""
+
+    def __init__(self, history: HistoryRecorder | None) -> None:
+        self.history = history
+
+    def invoke(self, op: str, lease: AsyncLease) -> str | None:
+        return self.invoke_app(op, lease.partition_key, lease.app_id)
+
+    def invoke_app(self, op: str, partition_key: str | None, app_id: str) -> str | None:
+        if self.history is None:
+            return None
+        from burr_dist.chaos.history import app_key
+
+        return self.history.invoke(op, app_key(partition_key, app_id))
+
+    def complete(self, op_id: str | None, outcome: Any, lease: AsyncLease | None = None) -> None:
+        if self.history is None or op_id is None:
+            return
+        from burr_dist.chaos.history import state_digest
+
+        head = lease.head if lease is not None else None
+        if head is None:
+            self.history.complete(op_id, outcome)
+        else:
+            self.history.complete(op_id, outcome, head["sequence_id"], state_digest(head["state"].get_all()))

@@ -37,15 +37,15 @@ from burr_dist.claiming import Claim, Outbox
 from burr_dist.errors import ConfigurationError, LeaseError, LeaseLost, SequenceConflict, StoreRewound
 from burr_dist.inline import InlinePolicy
 from burr_dist.lease import AsyncLease
-from burr_dist.observe import NOOP, Observer
+from burr_dist.observe import NOOP, Observer, Recorder
 from burr_dist.persister import AsyncLoadedState, AsyncRedisPersister, LoadedState
 from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
 from burr_dist.store import Committed, Settle
 from burr_dist.trackers import resume_without_parent
-from burr_dist.tracking import StepTracker
+from burr_dist.tracking import StepTracker, StoredGraphs
+from burr_dist.transport import Cmd
 
 if TYPE_CHECKING:
-    from burr_dist.chaos.history import HistoryRecorder
     from burr_dist.queue import AsyncFleetClient
 
 log = logging.getLogger(__name__)
@@ -74,34 +74,6 @@ class _Run:
     # compiles its expression on every evaluation).
     next_action: Any = None
     next_known: bool = False
-
-
-class Recorder:
-    """Chaos-run histories of lease operations (a no-op without a HistoryRecorder)."""
-
-    def __init__(self, history: HistoryRecorder | None) -> None:
-        self.history = history
-
-    def invoke(self, op: str, lease: AsyncLease) -> str | None:
-        return self.invoke_app(op, lease.partition_key, lease.app_id)
-
-    def invoke_app(self, op: str, partition_key: str | None, app_id: str) -> str | None:
-        if self.history is None:
-            return None
-        from burr_dist.chaos.history import app_key
-
-        return self.history.invoke(op, app_key(partition_key, app_id))
-
-    def complete(self, op_id: str | None, outcome: Any, lease: AsyncLease | None = None) -> None:
-        if self.history is None or op_id is None:
-            return
-        from burr_dist.chaos.history import state_digest
-
-        head = lease.head if lease is not None else None
-        if head is None:
-            self.history.complete(op_id, outcome)
-        else:
-            self.history.complete(op_id, outcome, head["sequence_id"], state_digest(head["state"].get_all()))
 
 
 class ClaimRunner:
@@ -139,6 +111,7 @@ class ClaimRunner:
         self.observer = observer
         self.history = recorder.history
         self.config = fleet.config
+        self.graphs = StoredGraphs()  # tracking graphs stored by this process
 
     @property
     def stopping(self) -> bool:
@@ -246,6 +219,9 @@ class ClaimRunner:
             app, persister = await self._build(spec, lease, job)
         except Exception as e:
             return await self._build_failed(lease, name, e)
+        graph = self.graphs.missing(persister.core.tracker)
+        if graph is not None:
+            await self._store_graph(*graph)
         head = lease.head["sequence_id"] if lease.head is not None else None
         inputs_at = job.get("inputs_at", "-")
         pending = job.get("inputs") if inputs_at == ("" if head is None else str(head)) else None
@@ -253,6 +229,16 @@ class ClaimRunner:
         await self._emit("claimed", name, lease, run.app)
         await self._steps(run)
         return await self._finish(run)
+
+    async def _store_graph(self, digest: str, encoded: bytes) -> None:
+        """Store a tracking graph (before the first commit that names it), once per process."""
+        key = self.fleet.schema.graph(digest)
+        try:
+            await self.fleet.commands([Cmd(key, ("SET", key, encoded, "NX"))], durable=True)
+        except Exception as e:  # tracking must not fail the app; a later build stores it
+            log.warning("tracking graph %s not stored: %s", digest, e, extra={"event": "graph_not_stored"})
+            return
+        self.graphs.stored(digest)
 
     def _decide(self, run: _Run) -> tuple[str, Any]:
         """What to do next with a claimed app (no I/O): step, or end the claim and how."""

@@ -3,7 +3,11 @@
 :class:`StepTracker` is a Burr lifecycle hook. While a step runs it buffers the records Burr's
 ``LocalTrackingClient`` would write to ``log.jsonl`` (``begin_entry``, ``end_entry``, spans,
 attributes, stream events), plus one ``attribute`` naming the worker that ran the step; the app's
-graph and metadata are kept from ``post_application_create``. The persister's save takes the
+metadata are kept from ``post_application_create``, with a reference to its graph: the digest of
+the graph's JSON (:attr:`StepTracker.graph`). The graph itself is stored once per digest
+(``KeySchema.graph``), by the first worker process that builds it, before that app's first
+commit: an agent's graph holds the source of every action, so a copy per app would cost more
+memory than the app's state. The persister's save takes the
 buffered record of the sequence it commits (:meth:`StepTracker.take`) and commit.lua stores it in
 the same script as the snapshot: a refused commit (zombie, conflict) stores nothing, a retried one
 finds its write already there and stores nothing again.
@@ -23,6 +27,7 @@ one tracker must be added once per app (the worker makes one per build).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 import traceback
@@ -119,6 +124,50 @@ def graph_record(graph: Any) -> dict[str, Any]:
     }
 
 
+def graph_digest(encoded: bytes) -> str:
+    """The name a graph is stored under: 128 bits of BLAKE2b of its JSON, as 32 hex digits."""
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
+
+
+class StoredGraphs:
+    """The graph digests this process has stored (or found stored): each is written once per
+    process, before the first commit that names it. Bounded: a factory that builds a new graph
+    for every app only makes this process write again what is already there (``SET NX``)."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def missing(self, tracker: StepTracker | None) -> tuple[str, bytes] | None:
+        """The (digest, JSON) ``tracker``'s app needs stored, or None."""
+        if tracker is None or tracker.graph is None or tracker.graph[0] in self._seen:
+            return None
+        return tracker.graph
+
+    def stored(self, digest: str) -> None:
+        if len(self._seen) >= self.LIMIT:
+            self._seen.clear()
+        self._seen.add(digest)
+
+
+def resolve_app(app: dict[str, Any], graph: bytes | None) -> dict[str, Any]:
+    """A stored ``app`` record with its graph in place: records name it by digest
+    (``graph_ref``, read from ``KeySchema.graph``: ``graph``), older ones hold it inline. A
+    reference whose graph is missing (its write failed, or was deleted) gives an empty graph,
+    so that the steps still show."""
+    if "graph" in app or "graph_ref" not in app:
+        return app
+    if graph is None:
+        log.warning(
+            "tracking graph %s is missing: the app's steps show without their graph", app["graph_ref"]
+        )
+        shown: Any = {"type": "application", "entrypoint": "", "actions": [], "transitions": []}
+    else:
+        shown = orjson.loads(graph)
+    return {**app, "graph": shown}
+
+
 def _pointer(p: Any) -> dict[str, Any] | None:
     if p is None or getattr(p, "app_id", None) is None:
         return None  # Burr passes ParentPointer(app_id=None) after any load: not a fork
@@ -147,7 +196,8 @@ class StepTracker(
         self.worker = worker
         self.project = project
         self._steps: dict[int, list[dict[str, Any]]] = {}
-        self._app: bytes | None = None  # graph + metadata, sent with the first commit of a build
+        self._app: bytes | None = None  # graph digest + metadata, sent with the first commit of a build
+        self.graph: tuple[str, bytes] | None = None  # (digest, JSON) of the app's graph, once built
         self._app_at: int | None = None  # the sequence whose commit carries them
         self._streamed: dict[int, int] = {}
 
@@ -193,7 +243,10 @@ class StepTracker(
             "parent_pointer": _pointer(parent_pointer),
             "spawning_parent_pointer": _pointer(spawning_parent_pointer),
         }
-        self._app = orjson.dumps({"graph": graph, "metadata": metadata, "project": self.project})
+        encoded = orjson.dumps(graph)
+        digest = graph_digest(encoded)
+        self.graph = (digest, encoded)
+        self._app = orjson.dumps({"graph_ref": digest, "metadata": metadata, "project": self.project})
         self._app_at = None
 
     def pre_run_step(

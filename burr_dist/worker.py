@@ -29,10 +29,10 @@ from burr_dist.claiming import Claim, Claimer, Refused
 from burr_dist.connection import aconnect, resolve_target
 from burr_dist.errors import BurrDistError, ConfigurationError, StoreRewound
 from burr_dist.inline import InlinePolicy
-from burr_dist.observe import NOOP, Observer
+from burr_dist.observe import NOOP, Observer, Recorder
 from burr_dist.queue import DEFAULT_QUEUE, AsyncFleetClient
 from burr_dist.registry import Registry
-from burr_dist.running import ClaimRunner, Recorder
+from burr_dist.running import ClaimRunner
 from burr_dist.safety import check_eviction_policy, check_replicas
 from burr_dist.store import StoreConfig
 from burr_dist.transport import Cmd

@@ -19,8 +19,10 @@ from burr.visibility import TracerFactory
 from burr_dist import Lease, LeaseLost, RedisPersister, RedisStore, SequenceConflict, StoreConfig
 from burr_dist.connection import RetryPolicy, connect
 from burr_dist.embedded import EmbeddedServer
+from burr_dist.errors import ConfigurationError
 from burr_dist.keys import KeySchema
-from burr_dist.tracking import WORKER_ATTRIBUTE, StepTracker
+from burr_dist.tracking import WORKER_ATTRIBUTE, StepTracker, graph_digest, resolve_app
+from burr_dist.worker import Worker
 from tests.support.proxy import FaultProxy
 
 PK, APP = "user-1", "t1"
@@ -90,7 +92,9 @@ def test_graph_and_metadata_are_sent_once_per_build(store: RedisStore, client: A
         p.save(PK, APP, app.sequence_id, act.name, state, "completed")  # type: ignore[arg-type]
     assert [bool(track[1]) for track in sent] == [True, False]  # graph with the first commit only
     stored = orjson.loads(client.hget(KEYS.track, "app"))
-    assert stored["graph"]["entrypoint"] == "inc" and stored["metadata"]["partition_key"] == PK
+    assert t.graph is not None and stored["graph_ref"] == t.graph[0] == graph_digest(t.graph[1])
+    assert "graph" not in stored and stored["metadata"]["partition_key"] == PK  # the graph is shared
+    assert resolve_app(stored, t.graph[1])["graph"]["entrypoint"] == "inc"
     types = [r["type"] for r in records(client)[1]]
     assert types == ["begin_entry", "begin_span", "attribute", "end_span", "end_entry", "attribute"]
 
@@ -175,6 +179,53 @@ async def test_async_app_under_the_worker_commits_its_records(fleet_server: Embe
         [r["type"] for r in recs] == ["begin_entry", "end_entry", "attribute"] for recs in got.values()
     )
     assert sum(isinstance(h, StepTracker) for h in shared.lifecycle_adapters) == 1
+    fleet.client.close()
+
+
+def test_apps_of_one_graph_share_one_stored_graph_and_old_records_still_read(
+    fleet_server: EmbeddedServer,
+) -> None:
+    """Twenty apps of one factory: their track hashes name one graph, stored once (written by
+    the worker before the first commit naming it). A record of an older version (graph inline)
+    reads as before; a reference to a missing graph reads as an empty graph."""
+    from burr_dist import FleetClient
+    from tests.support.ui_apps import registry
+
+    fleet = FleetClient(connect(fleet_server.url))
+    ids = [f"g{i}" for i in range(20)]
+    for app_id in ids:
+        fleet.enqueue("memo", app_id, partition_key=PK)
+    w = Worker(registry, url=fleet_server.url, poll_interval=0.02, worker_id="wg")
+    admin = fleet_server.client()
+
+    async def run() -> None:
+        task = asyncio.create_task(w.run())
+        try:
+            for _ in range(400):
+                if all(fleet.show(a, partition_key=PK)["status"] == "waiting" for a in ids):
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("the apps did not reach their approval step")
+        finally:
+            w.request_stop()
+            await task
+
+    asyncio.run(run())
+    schema = KeySchema("burr")
+    refs = {orjson.loads(admin.hget(schema.app(PK, a).track, "app"))["graph_ref"] for a in ids}
+    assert len(refs) == 1
+    (ref,) = refs
+    graph = admin.get(schema.graph(ref))
+    assert graph is not None and graph_digest(graph) == ref
+    assert [a["name"] for a in orjson.loads(graph)["actions"]] == ["draft", "review", "publish"]
+    graphs = list(admin.scan_iter(match="burr:{fleet}:graph:*"))
+    assert graphs == [schema.graph(ref).encode()]
+    old = {"graph": {"entrypoint": "x"}, "metadata": {}}
+    assert resolve_app(old, None) is old
+    assert resolve_app({"graph_ref": ref, "metadata": {}}, None)["graph"]["actions"] == []
+    with pytest.raises(ConfigurationError, match="graph digest"):
+        schema.graph("../../x")
+    admin.close()
     fleet.client.close()
 
 

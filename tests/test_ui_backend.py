@@ -58,6 +58,8 @@ async def test_backend_on_a_cluster_lists_apps_and_reads_steps_incrementally(
 
     logs = await backend.get_application_logs(request, "memo", "memo-0", "team-a")
     assert [s.step_start_log.action for s in logs.steps] == ["draft", "review", "publish"]
+    # The graph, stored once for all six apps (in the fleet's slot), read through the app's reference.
+    assert [a.name for a in logs.application.actions] == ["draft", "review", "publish"]
     workers = [[a.value for a in s.attributes if a.key == "burr_dist.worker"] for s in logs.steps]
     assert workers == [["worker-a"], ["worker-b"], ["worker-b"]]
     again = await backend.get_application_logs(request, "memo", "memo-0", "team-a")

@@ -31,6 +31,7 @@ from burr_dist.errors import SnapshotNotFound
 from burr_dist.keys import DEFAULT_BUCKETS, DEFAULT_PREFIX, DEFAULT_QUEUE_SHARDS
 from burr_dist.queue import FleetClient
 from burr_dist.store import StoreConfig
+from burr_dist.tracking import resolve_app
 from burr_dist.transport import Cmd
 from burr_dist.ui.view import AppView, _s, apps_of, projects, summary
 
@@ -136,7 +137,12 @@ class RedisBackend(BackendBase):
         if view.app is None and track[1]:
             import orjson
 
-            view.app = orjson.loads(track[1])
+            app = orjson.loads(track[1])
+            graph = None
+            if "graph_ref" in app and "graph" not in app:
+                key = self.fleet.schema.graph(str(app["graph_ref"]))
+                (graph,) = self.fleet.commands([Cmd(key, ("GET", key))])
+            view.app = resolve_app(app, graph)
         changed = view.update_head(int(head), _s(wid or ""), int(oldest or 0), int(track[0] or head))
         if not changed:
             return view
