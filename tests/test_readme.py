@@ -81,6 +81,7 @@ COVERED: dict[str, str] = {
     "burr-dist ui --port 7241": UI,
     ".venv/bin/python bench/steps.py": BENCH,
     ".venv/bin/python bench/script_cost.py": BENCH,
+    ".venv/bin/python bench/app_memory.py": BENCH,
 }
 
 
@@ -453,6 +454,15 @@ def test_bench_scripts_run_at_a_small_size(fleet_server: EmbeddedServer) -> None
     replayed = [line.split()[0] for line in scripts.stdout.splitlines()[2:-1]]
     assert replayed == ["enqueue", "ready", "acquire", "commit", "ack"], scripts.stdout
     assert scripts.stdout.splitlines()[-1].startswith("script_us_per_app="), scripts.stdout
+    memory = subprocess.run(  # its own embedded server
+        [sys.executable, "bench/app_memory.py", "--apps", "5"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert memory.returncode == 0, memory.stderr
+    last = dict(kv.split("=") for kv in memory.stdout.splitlines()[-1].split())
+    assert list(last) == ["bytes_per_app", "track_bytes_per_app", "graph_keys", "graph_bytes",
+                          "inline_graph_bytes_per_app"], memory.stdout  # fmt: skip
+    assert last["graph_keys"] == "1" and int(last["graph_bytes"]) > 1000, memory.stdout  # one agent graph
     fleet = subprocess.run(
         [sys.executable, "bench/fleet.py", "--apps", "3", "--ten-step-apps", "2", "--idle-apps", "2",
          "--idle-gap", "0.005", "--concurrency", "4", "--scale-procs", "2", "--rounds", "1",
