@@ -73,6 +73,9 @@ class AppSpec:
     halt_before: tuple[str, ...] = ()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     queue: str = "default"
+    # Sync actions that may block on I/O: always in the thread pool, never on the event loop
+    # (burr_dist/inline.py learns the others from their run times).
+    blocking: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,17 @@ class Registry:
         halt_before: Sequence[str] = (),
         retry: RetryPolicy | None = None,
         queue: str = "default",
+        blocking: Sequence[str] = (),
     ) -> Callable[[Callable[[AppContext], ApplicationBuilder]], Callable[[AppContext], ApplicationBuilder]]:
+        """Register an app factory under ``name``. ``blocking``: names of sync actions that may
+        block on I/O (a model call, a database query): they always run in the worker's thread
+        pool, never on its event loop, even when they were fast so far; a name that is not an
+        action of the built graph fails the app's build, saying so."""
+        if isinstance(blocking, str):
+            raise ConfigurationError(
+                f"blocking must be a list of action names, got the string {blocking!r}", name=name
+            )
+
         def register(
             factory: Callable[[AppContext], ApplicationBuilder],
         ) -> Callable[[AppContext], ApplicationBuilder]:
@@ -122,6 +135,7 @@ class Registry:
                 tuple(halt_before),
                 retry or RetryPolicy(),
                 queue,
+                frozenset(blocking),
             )
             return factory
 

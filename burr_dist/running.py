@@ -347,7 +347,7 @@ class ClaimRunner:
         if nxt.is_async():
             return await app.astep(inputs=inputs)
         name, action = run.spec.name, nxt.name
-        if self.inline.inline(name, action):
+        if action not in run.spec.blocking and self.inline.inline(name, action):
             return self.inline.run(name, action, lambda: app.step(inputs=inputs))
         out, seconds = await asyncio.get_running_loop().run_in_executor(self._pool, _timed_step, app, inputs)
         self.inline.observe(name, action, seconds, inline=False)
@@ -477,6 +477,12 @@ class ClaimRunner:
                 f"factory of {spec.name!r} returned a builder without actions", name=spec.name
             )
         is_async = any(a.is_async() for a in graph.actions)
+        unknown = spec.blocking.difference(a.name for a in graph.actions)
+        if unknown:
+            raise ConfigurationError(
+                f"app {spec.name!r}: blocking= names {sorted(unknown)}, not actions of its graph "
+                f"({sorted(a.name for a in graph.actions)})", name=spec.name,
+            )  # fmt: skip
         if self.track:  # issue 11: one tracker per build, its records committed with each step
             tracker = StepTracker(worker=self.id, project=spec.name)
             # A factory that hands out the same builder again still has the last build's tracker

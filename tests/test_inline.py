@@ -242,6 +242,38 @@ async def test_a_fast_action_that_blocks_on_the_loop_goes_back_to_the_pool(
     assert [r.event for r in caplog.records if r.name == "burr_dist.inline"] == ["inline_demoted"]  # type: ignore[attr-defined]
 
 
+async def test_an_action_marked_blocking_always_runs_in_the_pool(fleet_server: EmbeddedServer) -> None:
+    """``blocking=`` names sync actions that may block: fast or not, they never run on the loop.
+    A name that is not an action of the graph fails the app's build, and the error names it."""
+    reg = Registry()
+    where: list[str] = []
+
+    @action(reads=[], writes=["done"])
+    def act(state: State) -> State:
+        where.append(threading.current_thread().name)
+        return state.update(done=True)
+
+    @reg.app("marked", entrypoint="act", blocking=["act"])
+    def marked(ctx: AppContext) -> ApplicationBuilder:
+        return ApplicationBuilder().with_actions(act=act)
+
+    @reg.app("typo", entrypoint="act", blocking=["acts"])
+    def typo(ctx: AppContext) -> ApplicationBuilder:
+        return ApplicationBuilder().with_actions(act=act)
+
+    with pytest.raises(ConfigurationError, match="list of action names"):
+        reg.app("bad", entrypoint="act", blocking="act")
+    fleet = FleetClient(connect(fleet_server.url))
+    fleet.enqueue_many([EnqueueRequest("marked", app_id=f"m{i}") for i in range(10)])
+    fleet.enqueue("typo", "t0")
+    w = Worker(reg, url=fleet_server.url, concurrency=1, poll_interval=0.02)
+    await _run_until(w, lambda: len(where) == 10 and fleet.show("t0")["status"] == "failed")
+    error = fleet.show("t0").get("last_error", "")
+    fleet.client.close()
+    assert all(t.startswith(POOL) for t in where), where  # fast every time: inline after 3 otherwise
+    assert "blocking= names ['acts'], not actions of its graph (['act'])" in error, error
+
+
 async def test_inline_ms_zero_runs_every_sync_action_in_the_pool(fleet_server: EmbeddedServer) -> None:
     runs: dict[str, list[str]] = {"fast": [], "slow": []}
     fleet = FleetClient(connect(fleet_server.url))
