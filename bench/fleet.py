@@ -22,7 +22,8 @@ clock starts when they are released and stops when they report the work done on 
 a ``completed`` event hook reports the apps done, in batches at most 2 ms late; arq and RQ in burst mode: their loop returned).
 The parent sends no command while the clock runs: the server's figures are deltas of INFO taken
 just before the release and just after the end (``used_cpu_sys + used_cpu_user``;
-``total_commands_processed``, which counts the commands scripts run as well; commandstats).
+``total_commands_processed``, which counts the commands scripts run as well; commandstats). The
+worker processes' CPU over the same phase (user + system, from /proc, 10 ms ticks) is ``wrkus/app``.
 Round trips: burr_dist's transports count them (the worker prints its count at exit), plus the
 BLPOPs on its queue bell (the server's count: they bypass the transports); the peers count
 redis-py's ``send_packed_command`` calls (one per command or pipeline).
@@ -134,11 +135,14 @@ class Bench:
         """Release ``kids``; (wall-clock release time, seconds until ``count`` ``word`` lines, delta)."""
         kids.wait_for("ready", len(kids.procs))
         self.meter.begin()
+        cpu = kids.cpu_seconds()
         released, t0 = time.time(), time.perf_counter()
         kids.go()
         kids.wait_for(word, count)
         elapsed = time.perf_counter() - t0
-        return released, elapsed, self.meter.end()
+        delta = self.meter.end()
+        delta.workers_cpu_us = (kids.cpu_seconds() - cpu) * 1e6
+        return released, elapsed, delta
 
     # -- burr_dist ---------------------------------------------------------------------------
     def burr_children(self, prefix: str, procs: int) -> Children:
@@ -348,7 +352,8 @@ def main() -> None:
               f"arq_poll_delay={args.arq_poll_delay}s "
               f"burr_python={shown(args.burr_python)} peer_python={shown(args.peer_python) if peers else '-'}")  # fmt: skip
         print("timing: enqueue, start the workers idle, release -> the workers report the work done; latencies "
-              "in ms from max(enqueue, release); server figures are INFO deltas over the timed phase")  # fmt: skip
+              "in ms from max(enqueue, release); server figures are INFO deltas over the timed phase, wrkus/app the "
+              "worker processes' CPU over it (/proc)")  # fmt: skip
         rows, idle = run(bench, args, peers)
         import shutil
 

@@ -41,6 +41,7 @@ class ServerDelta:
     cpu_us: float = 0.0
     commands: int = 0
     cmdstats: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (calls, usec)
+    workers_cpu_us: float = math.nan  # the system's worker processes over the same phase (/proc)
 
 
 class ServerMeter:
@@ -93,17 +94,19 @@ class Row:
         return percentile([(t[col] - t[0]) * 1000 for t in self.times], q)
 
     def line(self) -> str:
-        per = {"us_app": self.server.cpu_us / self.apps, "us_step": self.server.cpu_us / self.steps}
+        per = {"us_app": self.server.cpu_us / self.apps, "us_step": self.server.cpu_us / self.steps,
+               "wrk_app": self.server.workers_cpu_us / self.apps}  # fmt: skip
         rt = f"{self.round_trips / self.apps:7.1f}" if self.round_trips is not None else f"{'-':>7s}"
         lat = " ".join(f"{self.latency_ms(c, q):8.1f}" for c in (1, 2) for q in (0.5, 0.99))
         return (f"{self.system:9s} {self.procs:5d} {WORK[self.kind]:13s} {self.apps:6d} {self.steps:6d} "
                 f"{self.seconds:7.2f} {self.rate('apps'):7.0f} {self.rate('steps'):7.0f} "
-                f"{per['us_app']:9.1f} {per['us_step']:9.1f} {self.server.commands / self.apps:8.1f} "
+                f"{per['us_app']:9.1f} {per['us_step']:9.1f} {per['wrk_app']:9.1f} "
+                f"{self.server.commands / self.apps:8.1f} "
                 f"{rt} {lat}")  # fmt: skip
 
 
 HEADER = (f"{'system':9s} {'procs':>5s} {'work':13s} {'apps':>6s} {'steps':>6s} {'seconds':>7s} "
-          f"{'apps/s':>7s} {'steps/s':>7s} {'srvus/app':>9s} {'srvus/stp':>9s} {'cmds/app':>8s} "
+          f"{'apps/s':>7s} {'steps/s':>7s} {'srvus/app':>9s} {'srvus/stp':>9s} {'wrkus/app':>9s} {'cmds/app':>8s} "
           f"{'rt/app':>7s} {'1st_p50':>8s} {'1st_p99':>8s} {'done_p50':>8s} {'done_p99':>8s}")  # fmt: skip
 
 
@@ -154,6 +157,18 @@ class Children:
             parts = line.split(" ")
             if parts[0] == word:  # "<word>" or "<word> <count>"
                 seen += int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else 1
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the children so far (Linux /proc, in clock ticks: 10 ms), or NaN."""
+        total = 0.0
+        try:
+            for p in self.procs:
+                with open(f"/proc/{p.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        except (OSError, IndexError, ValueError):
+            return math.nan
+        return total / os.sysconf("SC_CLK_TCK")
 
     def go(self) -> None:
         for p in self.procs:

@@ -479,7 +479,7 @@ def test_bench_scripts_run_at_a_small_size(fleet_server: EmbeddedServer) -> None
     assert untracked.returncode == 0, untracked.stderr
     assert " tracking=off " in untracked.stdout.splitlines()[0], untracked.stdout
     lines = fleet.stdout.splitlines()
-    table = [line.split() for line in lines if len(line.split()) == 17 and line.split()[1].isdigit()]
+    table = [line.split() for line in lines if len(line.split()) == 18 and line.split()[1].isdigit()]
     rows = [(r[0], r[1], f"{r[2]} {r[3]}", r[4], r[5]) for r in table]
     burr = [("burr_dist", "1", "1-step sync", "3", "3"), ("burr_dist", "1", "10-step sync", "2", "20"),
             ("burr_dist", "1", "1-step async", "3", "3"), ("burr_dist", "1", "10-step async", "2", "20")]  # fmt: skip
