@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 # Seconds a peek's picture of the shards is reused: how long the fair order across shards may lag.
 PEEK_EVERY = 0.5
 CORRUPT_RETRY_MS = 60_000  # an app whose snapshot cannot be read waits this long before another try
+# Apps are claimed ahead (Slots) only while claims last less than this on average.
+PREFETCH_BELOW = 0.05
 
 
 @dataclass
@@ -85,6 +87,34 @@ class Outbox:
         out, n = self.cmds, self.claims
         self.cmds, self.claims = [], 0
         return out, n
+
+
+class Slots:
+    """How many claims a worker may hold. ``concurrency`` run at once; while claims are short (on
+    average under :data:`PREFETCH_BELOW` seconds, from a slot to the end of the settle) up to
+    ``prefetch`` more are claimed and leased ahead and wait for a slot, so that a finished app's
+    slot is filled at once instead of after a claim and an acquire round trip. Long apps are not
+    claimed ahead: one would wait for a running app to finish while another worker could run it.
+    Sans-IO: the worker gates the runs (a semaphore of ``concurrency``) and reports their times."""
+
+    def __init__(self, concurrency: int, prefetch: int) -> None:
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.average: float | None = None  # seconds per claim (moving average), once one ran
+
+    @property
+    def ahead(self) -> int:
+        """How many claims may be held beyond ``concurrency`` now."""
+        if self.average is None or self.average >= PREFETCH_BELOW:
+            return 0
+        return self.prefetch
+
+    def room(self, held: int) -> int:
+        """Claims to take now, with ``held`` claims running or waiting for a slot."""
+        return self.concurrency + self.ahead - held
+
+    def ran(self, seconds: float) -> None:
+        self.average = seconds if self.average is None else 0.9 * self.average + 0.1 * seconds
 
 
 class Claimer:
