@@ -109,7 +109,7 @@ from burr_dist.queue import DEFAULT_QUEUE
     "--prefetch",
     type=click.IntRange(min=0),
     default=None,
-    help="Apps claimed ahead of a free slot while apps are short (under 50 ms). [default: concurrency / 2]",
+    help="Apps claimed ahead of a free slot while claims are short (the last 32 under 50 ms). [default: concurrency / 2]",
 )
 @json_flag
 def worker(
