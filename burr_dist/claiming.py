@@ -25,7 +25,6 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,10 +40,6 @@ log = logging.getLogger(__name__)
 # Seconds a peek's picture of the shards is reused: how long the fair order across shards may lag.
 PEEK_EVERY = 0.5
 CORRUPT_RETRY_MS = 60_000  # an app whose snapshot cannot be read waits this long before another try
-# Apps are claimed ahead (Slots) only while each of the last PREFETCH_WINDOW claims lasted less
-# than PREFETCH_BELOW seconds.
-PREFETCH_BELOW = 0.05
-PREFETCH_WINDOW = 32
 
 
 @dataclass
@@ -90,37 +85,6 @@ class Outbox:
         out, n = self.cmds, self.claims
         self.cmds, self.claims = [], 0
         return out, n
-
-
-class Slots:
-    """How many claims a worker may hold. ``concurrency`` run at once; while claims are short (each
-    of the last :data:`PREFETCH_WINDOW` lasted under :data:`PREFETCH_BELOW` seconds, from a slot
-    to the end of the settle) up to ``prefetch`` more are claimed and leased ahead and wait for a
-    slot, so that a finished app's slot is filled at once instead of after a claim and an acquire
-    round trip. One long claim stops it until it leaves the window: an app claimed ahead waits for
-    a running one to finish, and neither another worker nor the takeover after a crash of this
-    one (the lease and the claim expire on their own clock, a wait before them adds to it) should
-    wait long for it. Sans-IO: the worker gates the runs (a semaphore of ``concurrency``) and
-    reports their times."""
-
-    def __init__(self, concurrency: int, prefetch: int) -> None:
-        self.concurrency = concurrency
-        self.prefetch = prefetch
-        self.recent: deque[float] = deque(maxlen=PREFETCH_WINDOW)  # seconds of the last claims
-
-    @property
-    def ahead(self) -> int:
-        """How many claims may be held beyond ``concurrency`` now."""
-        if len(self.recent) < PREFETCH_WINDOW or max(self.recent) >= PREFETCH_BELOW:
-            return 0
-        return self.prefetch
-
-    def room(self, held: int) -> int:
-        """Claims to take now, with ``held`` claims running or waiting for a slot."""
-        return self.concurrency + self.ahead - held
-
-    def ran(self, seconds: float) -> None:
-        self.recent.append(seconds)
 
 
 class Claimer:

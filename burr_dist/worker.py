@@ -22,13 +22,12 @@ import logging
 import os
 import signal
 import socket
-import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from burr_dist.claiming import Claim, Claimer, Refused, Slots
+from burr_dist.claiming import Claim, Claimer, Refused
 from burr_dist.connection import aconnect, resolve_target
 from burr_dist.errors import BurrDistError, ConfigurationError, StoreRewound
 from burr_dist.inline import InlinePolicy
@@ -75,14 +74,9 @@ class Worker:
         observer: Observer | None = None,
         track: bool = True,
         inline_ms: float = 2.0,
-        prefetch: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1", concurrency=concurrency)
-        if prefetch is None:
-            prefetch = concurrency // 2
-        if prefetch < 0:
-            raise ConfigurationError(f"prefetch must be >= 0, got {prefetch!r}", prefetch=prefetch)
         if lease_ttl <= 0.3:
             raise ConfigurationError("lease_ttl must be > 0.3 s", lease_ttl=lease_ttl)
         if not poll_interval > 0:  # also refuses NaN
@@ -109,11 +103,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(
             max_workers=threads or concurrency, thread_name_prefix="burr-dist-step"
         )
-        # Claims held: running (at most `concurrency`, gated by _running) or claimed ahead
-        # (burr_dist.claiming.Slots), each until its last hook returned.
-        self.slots = Slots(concurrency, prefetch)
-        self._running: asyncio.Semaphore | None = None  # created in run(), on its loop
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # claims running, until their last hook returned
         self._held: dict[str, Claim] = {}  # member -> its latest claim, while its task runs
         self._stop: asyncio.Event | None = None  # created in run(), on its loop
         self.stopping = False
@@ -168,7 +158,6 @@ class Worker:
 
     async def run(self) -> None:
         self._stop = asyncio.Event()
-        self._running = asyncio.Semaphore(self.concurrency)
         if self.stopping:
             self._stop.set()
         self.fleet = AsyncFleetClient(aconnect(self.url), self.config)
@@ -235,7 +224,7 @@ class Worker:
         while not self.stopping:
             claimed = 0
             for queue in self.queues:
-                free = self.slots.room(len(self._tasks))
+                free = self.concurrency - len(self._tasks)
                 if free <= 0 or self.stopping:
                     break
                 try:
@@ -245,9 +234,8 @@ class Worker:
                                 extra={"event": "claim_failed", "worker": self.id, "queue": queue})  # fmt: skip
             if self.stopping:
                 break
-            full = self.slots.room(len(self._tasks)) <= 0
-            if claimed == 0 or full:
-                if full:  # only a finished app frees room
+            if claimed == 0 or len(self._tasks) >= self.concurrency:
+                if len(self._tasks) >= self.concurrency:  # full: only a finished app frees room
                     stop = asyncio.ensure_future(self._stop.wait())
                     done, _ = await asyncio.wait({*self._tasks, stop}, timeout=self.poll_interval,
                                                  return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
@@ -297,7 +285,7 @@ class Worker:
             if self.fatal is not None and result.lease is not None:  # rewound while acquiring
                 result.lease.mark_lost(f"store rewound: {self.fatal}")
             self._held[result.member] = result
-            task = asyncio.create_task(self._run_claim(result))
+            task = asyncio.create_task(self.runner.run(result))
             self._tasks.add(task)
             task.add_done_callback(functools.partial(self._forget, result))
             started += 1
@@ -306,16 +294,6 @@ class Worker:
         if refused:
             await self._ack_refused(refused)
         return started
-
-    async def _run_claim(self, claim: Claim) -> None:
-        """Run ``claim`` once a slot is free (claimed ahead, it waits here with its lease)."""
-        assert self._running is not None
-        async with self._running:
-            started = time.monotonic()
-            try:
-                await self.runner.run(claim)
-            finally:
-                self.slots.ran(time.monotonic() - started)
 
     async def _ack_refused(self, refused: list[Refused]) -> None:
         """Drop the queue entries of apps that cannot run (or put them back for later)."""

@@ -105,12 +105,6 @@ from burr_dist.queue import DEFAULT_QUEUE
     show_default=True,
     help="Sync actions seen faster than this in the thread pool run on the event loop (0: never).",
 )
-@click.option(
-    "--prefetch",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Apps claimed ahead of a free slot while claims are short (the last 32 under 50 ms). [default: concurrency / 2]",
-)
 @json_flag
 def worker(
     module: str,
@@ -130,7 +124,6 @@ def worker(
     metrics_host: str,
     track: bool,
     inline_ms: float,
-    prefetch: int | None,
 ) -> None:
     """Run a worker for the apps registered in MODULE.
 
@@ -169,7 +162,6 @@ def worker(
         allow_evicting_redis=allow_evicting_redis,
         track=track,
         inline_ms=inline_ms,
-        prefetch=prefetch,
     )
     check_redis(s.url).close()
     if metrics_port is not None:
