@@ -4,9 +4,7 @@
 rewound store) and composes three parts, each testable alone:
 
 * :class:`~burr_dist.claiming.Claimer`: which apps to claim (fairest queue shard first), their
-  leases in one batch, waking up on enqueues, and the outbox of acks riding on its claims; how
-  many to hold (:class:`~burr_dist.claiming.Slots`: ``concurrency`` running, and while apps are
-  short up to ``prefetch`` more claimed ahead, waiting for a slot);
+  leases in one batch, waking up on enqueues, and the outbox of acks riding on its claims;
 * :class:`~burr_dist.running.ClaimRunner`: one claim from build to settle (where sync actions
   run: :class:`~burr_dist.inline.InlinePolicy`);
 * :class:`~burr_dist.upkeep.Upkeep`: heartbeat, store epochs, claim deadlines, sweeps.
