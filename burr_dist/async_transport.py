@@ -62,13 +62,17 @@ async def _aroundtrip(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     for each, 2.5 us a reply here). A timeout fails the round trip with ``redis.TimeoutError``;
     the caller drops the connection, as redis-py would."""
     limit = conn.socket_timeout
+    # inf: no timer of its own. Only under our deadline: redis-py answers None to a read that
+    # raised TimeoutError when given a timeout, and a socket's ETIMEDOUT is one; without a socket
+    # timeout it raises (and drops the connection), as it always did.
+    per_read = math.inf if limit else None
     out: list[Any] = []
     try:
         async with _deadline(limit) if limit else contextlib.nullcontext():
             await conn.send_packed_command(_apack(conn, commands))
             for _ in commands:
                 try:
-                    out.append(await conn.read_response(timeout=math.inf))  # inf: no timer of its own
+                    out.append(await conn.read_response(timeout=per_read))
                 except redis.ResponseError as e:
                     out.append(e)
     except asyncio.TimeoutError:
