@@ -59,7 +59,7 @@ def _apack(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
 async def _aroundtrip(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Send ``commands`` and read their replies, all within the connection's socket timeout: one
     deadline for the round trip instead of redis-py's one per reply (a timer set and cancelled
-    for each, 2.5 us a reply here). A timeout fails the round trip with ``redis.TimeoutError``;
+    for each). A timeout fails the round trip with ``redis.TimeoutError``;
     the caller drops the connection, as redis-py would."""
     limit = conn.socket_timeout
     # inf: no timer of its own. Only under our deadline: redis-py answers None to a read that
