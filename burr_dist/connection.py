@@ -18,6 +18,7 @@ import redis.asyncio.cluster as aiocluster
 import redis.asyncio.sentinel as aiosentinel
 import redis.cluster
 import redis.sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -103,15 +104,15 @@ def connect(url: str | RedisTarget | None = None, *, socket_timeout: float = 5.0
     kw = _base_kwargs(target, socket_timeout)
     try:
         if target.topology == "cluster":
-            nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.hosts]  # type: ignore[no-untyped-call]
+            nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.hosts]  # type: ignore[no-untyped-call,unused-ignore]
             kw.pop("health_check_interval")
             return redis.RedisCluster(startup_nodes=nodes, **kw)
         if target.topology == "sentinel":
             assert target.service is not None
-            sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
                 list(target.hosts), sentinel_kwargs=_sentinel_kwargs(target, kw), **kw
             )
-            return sentinel.master_for(target.service, db=target.db)  # type: ignore[no-untyped-call]
+            return sentinel.master_for(target.service, db=target.db)  # type: ignore[no-untyped-call,unused-ignore]
         if target.path is not None:
             return redis.Redis(unix_socket_path=target.path, db=target.db, **kw)
         (host, port) = target.hosts[0]
@@ -126,6 +127,8 @@ def aconnect(url: str | RedisTarget | None = None, *, socket_timeout: float = 5.
     """The asyncio twin of :func:`connect`."""
     target = resolve_target(url)
     kw = _base_kwargs(target, socket_timeout)
+    # The asyncio client's own Retry class: redis-py 8 converts a sync one, with a warning on stderr.
+    kw["retry"] = AsyncRetry(NoBackoff(), 0)
     try:
         if target.topology == "cluster":
             nodes = [aiocluster.ClusterNode(h, p) for h, p in target.hosts]
@@ -134,7 +137,7 @@ def aconnect(url: str | RedisTarget | None = None, *, socket_timeout: float = 5.
             return aiocluster.RedisCluster(startup_nodes=nodes, **kw)
         if target.topology == "sentinel":
             assert target.service is not None
-            sentinel = aiosentinel.Sentinel(  # type: ignore[no-untyped-call]
+            sentinel = aiosentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
                 list(target.hosts), sentinel_kwargs=_sentinel_kwargs(target, kw), **kw
             )
             return sentinel.master_for(target.service, db=target.db)

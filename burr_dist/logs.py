@@ -63,3 +63,6 @@ def configure(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    # Python warnings (a library's DeprecationWarning, say) go through the same handler: with
+    # --log-format json every stderr line stays one JSON object.
+    logging.captureWarnings(True)

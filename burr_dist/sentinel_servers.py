@@ -148,8 +148,8 @@ class EmbeddedSentinel:
     def client(self, **kwargs: Any) -> redis.Redis:
         """A redis-py client to the master the sentinels name (re-resolved on reconnect)."""
         tls = self.tls.client_kwargs() if self.tls else {}
-        s = redis.Sentinel(self.seeds, sentinel_kwargs=tls | {"socket_timeout": 1.0}, **tls)  # type: ignore[no-untyped-call]
-        return s.master_for(self.service, **kwargs)  # type: ignore[no-untyped-call]
+        s = redis.Sentinel(self.seeds, sentinel_kwargs=tls | {"socket_timeout": 1.0}, **tls)  # type: ignore[no-untyped-call,unused-ignore]
+        return s.master_for(self.service, **kwargs)  # type: ignore[no-untyped-call,unused-ignore]
 
     def start(self, timeout: float = 30.0) -> EmbeddedSentinel:
         try:
