@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from burr.core import serde
 from burr.core.persistence import PersistedStateData
-from burr.core.state import State
+from burr.core.state import FIELD_SERIALIZATION, State
 
 from burr_dist.errors import CorruptSnapshot, SerializationError
 
@@ -40,6 +40,7 @@ NO_BASE = "-" * 16
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 _LOSSY = serde.serialize.dispatch(object)
+MARKER = serde.KEY  # "__burr_serde__": the key Burr's deserializer dispatches on
 _PLAIN = (str, int, bool, type(None))
 
 
@@ -47,48 +48,88 @@ def new_write_id() -> str:
     return os.urandom(8).hex()
 
 
-def check_value(value: Any, path: str) -> None:
-    """Refuse what JSON (or Burr's serde) cannot carry back unchanged, naming the field."""
+def check_value(value: Any, path: str, *, serialized: bool = False) -> bool:
+    """Refuse what JSON (or Burr's serde) cannot carry back unchanged, naming the field. True when
+    ``value`` is plain JSON all the way down (exact types): Burr's serialize returns an equal copy
+    of it. ``serialized``: ``value`` is the output of a serde (its marker key is Burr's own)."""
     kind = type(value)
     if kind in _PLAIN:
-        return
+        return True
     if kind is float:
         if not math.isfinite(value):
             raise SerializationError(
                 f"state field {path!r} is {value!r}, which JSON cannot represent", field=path
             )
-        return
+        return True
     if kind is dict:
+        if not serialized and MARKER in value:
+            raise SerializationError(
+                f"state field {path!r} is a dict with the key {MARKER!r}, which Burr's serde reserves "
+                "for its own records (it could not be loaded back); rename the key",
+                field=path,
+            )
+        plain = True
         for k, v in value.items():
             if not isinstance(k, str):
                 raise SerializationError(
                     f"state field {path!r} has a non-string key {k!r}; JSON object keys are strings",
                     field=path,
                 )
-            check_value(v, f"{path}.{k}")
-        return
+            plain = check_value(v, f"{path}.{k}", serialized=serialized) and plain
+        return plain
     if kind is list:
+        plain = True
         for i, v in enumerate(value):
-            check_value(v, f"{path}[{i}]")
-        return
-    if serde.serialize.dispatch(kind) is _LOSSY:
+            plain = check_value(v, f"{path}[{i}]", serialized=serialized) and plain
+        return plain
+    if serialized or serde.serialize.dispatch(kind) is _LOSSY:
         raise SerializationError(
             f"state field {path!r} holds a {kind.__name__}, which Burr's serde would store as "
             f"str(value) and lose; convert it to JSON types or register a burr serde for it",
             field=path,
             type_name=kind.__name__,
         )
+    return False
 
 
-def serialize_fields(values: dict[str, Any], state: State | None = None) -> dict[str, Any]:
-    """Burr's own serialization of some fields (field serdes included), checked first. ``state``:
-    the State that holds exactly ``values``, when there is one (saves building another)."""
+def encode_fields(values: dict[str, Any]) -> dict[str, bytes]:
+    """Each top-level field as the JSON bytes of what Burr's ``State.serialize()`` gives for it,
+    checked strictly first. The bytes are what a commit stores and what the next delta is compared
+    against: never a reference into objects an action may still edit in place.
+
+    A field with a field serde (``register_field_serde``) is serialized by it, then its output is
+    checked; any other field is checked as given, and serialized by Burr only when it holds a type
+    with a registered serde (plain JSON needs no copy: Burr's serialize would return an equal one).
+    """
+    out: dict[str, bytes] = {}
+    rest: dict[str, Any] = {}
     for name, value in values.items():
-        check_value(value, name)
+        if name not in FIELD_SERIALIZATION and check_value(value, name):
+            out[name] = _dump_field(value, name)
+        else:
+            rest[name] = value
+    if rest:
+        try:
+            done = State(rest).serialize()
+        except (TypeError, ValueError) as e:
+            raise SerializationError(f"state cannot be serialized: {e}") from e
+        for name, value in done.items():
+            check_value(value, name, serialized=True)
+            out[name] = _dump_field(value, name)
+        out = {name: out[name] for name in values}  # the state's own field order
+    return out
+
+
+def _dump_field(value: Any, name: str) -> bytes:
     try:
-        return (state if state is not None else State(values)).serialize()
-    except (TypeError, ValueError) as e:
-        raise SerializationError(f"state cannot be serialized: {e}") from e
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError) as e:
+        raise SerializationError(f"state field {name!r} cannot be encoded as JSON: {e}", field=name) from e
+
+
+def fields_doc(fields: Mapping[str, bytes]) -> dict[str, orjson.Fragment]:
+    """Encoded fields as a JSON object of pre-encoded values (orjson writes them as they are)."""
+    return {name: orjson.Fragment(blob) for name, blob in fields.items()}
 
 
 def snapshot_meta(
@@ -172,7 +213,7 @@ def encode_snapshot(
     sequence_id: int,
     position: str,
     status: str,
-    state: State,
+    fields: Mapping[str, bytes],
     max_bytes: int,
 ) -> bytes:
     """A version 1 snapshot (the full state, no header): what ``snapshot_format=1`` writes, for a
@@ -180,7 +221,7 @@ def encode_snapshot(
     commit.lua reads bytes 7..22 to spot retries."""
     doc = snapshot_meta(partition_key, app_id, sequence_id, position, status)
     doc["v"] = 1
-    doc["state"] = serialize_fields(state.get_all())
+    doc["state"] = fields_doc(fields)
     blob = dumps({"w": write_id, **doc}, app_id=app_id, sequence_id=sequence_id)
     check_size(blob, app_id=app_id, sequence_id=sequence_id, max_bytes=max_bytes)
     return blob
@@ -263,6 +304,7 @@ class Decoded:
     chain: int  # deltas after the keyframe
     chain_bytes: int
     state_bytes: int  # keyframe and delta bodies, uncompressed: bounds the state's JSON size
+    fields: dict[str, bytes]  # each field's stored JSON (read before Burr's deserializers run)
 
 
 def decode_chain(blobs: Sequence[bytes], *, key: str, first_seq: int, partition_key: str | None) -> Decoded:
@@ -292,6 +334,8 @@ def decode_chain(blobs: Sequence[bytes], *, key: str, first_seq: int, partition_
     last = entries[-1]
     where = f"{key}#{first_seq + len(entries) - 1}"
     doc = last.doc
+    # Before deserializing: Burr's deserializers may consume the dicts they are given.
+    fields = {name: orjson.dumps(value) for name, value in state.items()}
     try:
         data = PersistedStateData(
             partition_key=partition_key,  # type: ignore[typeddict-item]
@@ -312,6 +356,7 @@ def decode_chain(blobs: Sequence[bytes], *, key: str, first_seq: int, partition_
         chain=len(entries) - 1,
         chain_bytes=sum(e.size for e in entries[1:]),
         state_bytes=sum(e.body_size for e in entries),
+        fields=fields,
     )
 
 

@@ -1,31 +1,31 @@
 """Delta snapshots: a commit stores what changed since the step it follows, not the whole state.
 
-Pure logic (no I/O). The store keeps one :class:`Base` per app it last loaded or committed; the
-next commit of that app is diffed against it, top-level field by field:
+Pure logic (no I/O). The store keeps one :class:`Base` per app it last loaded or committed: the
+JSON bytes each top-level field was stored as. The next commit encodes every field the way Burr's
+``State.serialize()`` does and compares bytes, field by field:
 
-- a field holding the very same object as at the base (and, for a sized value, the same length) is
-  unchanged and not sent; Burr's state operations make new objects for what they change;
-- a list (exact ``list``) or ``str`` whose old value is a prefix of the new one sends only its tail;
+- a field whose bytes are unchanged is not sent;
+- a list or string whose old encoding is a prefix of the new one (up to the closing bracket or
+  quote) sends only its tail, itself already encoded;
 - anything else is sent whole (``set``), and a field that disappeared is listed in ``del``.
+
+Comparing encodings, not objects, is what makes an action that edits state in place (Burr's own
+streaming example rewrites ``chat_history[-1]``) store exactly what it left in memory: the base is
+never a reference into objects user code can still mutate, and ``-1.0`` differs from ``-1``.
 
 A full *keyframe* is written instead when there is no base, when the chain since the last keyframe
 reaches ``max_chain`` deltas, or when the deltas since it would outweigh the keyframe itself
 (``KEYFRAME_RATIO``): loading any step reads at most one keyframe plus deltas no larger than it,
 in one round trip, and Redis holds at most about twice the state for an append-only app.
 commit.lua applies a delta only on top of the head whose write id it names.
-
-Limit (documented in the README): an action that mutates a state value *in place* and keeps its
-length (``state["d"]["x"] = 1`` on the dict it was given) is not seen as a change; Burr's own
-contract is that state is immutable, and ``snapshot_format=1`` stores full snapshots.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
-from burr.core.state import FIELD_SERIALIZATION, State
+from burr.core.state import State
 
 from burr_dist import codec
 
@@ -44,13 +44,11 @@ class Base:
     keyframe_bytes: int
     chain: int
     chain_bytes: int
-    values: dict[str, Any]  # the state's values (references, never copied)
-    sizes: dict[str, int]  # len() of sized values at that step: in-place growth is a change
+    fields: dict[str, bytes]  # each field's JSON as stored (immutable bytes, not live objects)
     state_bytes: int  # an upper bound of the state's JSON size (keyframe + delta bodies)
 
     @classmethod
     def of(cls, decoded: codec.Decoded) -> Base:
-        values = decoded.data["state"].get_all()
         return cls(
             seq=decoded.data["sequence_id"],
             write_id=decoded.write_id,
@@ -58,56 +56,51 @@ class Base:
             keyframe_bytes=decoded.keyframe_bytes,
             chain=decoded.chain,
             chain_bytes=decoded.chain_bytes,
-            values=values,
-            sizes=_sizes(values),
+            fields=decoded.fields,
             state_bytes=decoded.state_bytes,
         )
 
 
-def _sizes(values: dict[str, Any]) -> dict[str, int]:
-    return {k: len(v) for k, v in values.items() if isinstance(v, (list, dict, str))}
-
-
 @dataclass(frozen=True)
 class Change:
-    set: dict[str, Any]  # python values to send whole
-    add: dict[str, Any]  # python tails (list or str) to append
+    set: dict[str, bytes]  # encoded values to send whole
+    add: dict[str, bytes]  # encoded tails (a list or a string) to append
     drop: list[str]
 
 
-def diff(base: Base, values: dict[str, Any]) -> Change:
-    changed: dict[str, Any] = {}
-    add: dict[str, Any] = {}
-    for name, new in values.items():
-        if name not in base.values:
+def diff(base: Base, fields: dict[str, bytes]) -> Change:
+    changed: dict[str, bytes] = {}
+    add: dict[str, bytes] = {}
+    for name, new in fields.items():
+        old = base.fields.get(name)
+        if old == new:
+            continue
+        tail = None if old is None else tail_of(old, new)
+        if tail is None:
             changed[name] = new
-            continue
-        old = base.values[name]
-        if new is old and (name not in base.sizes or len(new) == base.sizes[name]):
-            continue
-        kind = type(new)
-        if new is not old and kind is type(old) and name not in FIELD_SERIALIZATION:
-            if kind is list:
-                n = len(old)
-                if len(new) >= n and _same_prefix(new, old):
-                    if len(new) > n:
-                        add[name] = new[n:]
-                    continue
-            elif kind is str:
-                if new.startswith(old):
-                    if len(new) > len(old):
-                        add[name] = new[len(old) :]
-                    continue
-            elif kind in (int, float, bool, type(None)) and new == old:
-                continue
-        changed[name] = new
-    drop = [name for name in base.values if name not in values]
+        else:
+            add[name] = tail
+    drop = [name for name in base.fields if name not in fields]
     return Change(set=changed, add=add, drop=drop)
 
 
-def _same_prefix(new: list[Any], old: list[Any]) -> bool:
-    # Identity first (Burr's update keeps the old items); equality when Burr deep-copied them.
-    return all(a is b or (type(a) is type(b) and a == b) for a, b in zip(new, old, strict=False))
+def tail_of(old: bytes, new: bytes) -> bytes | None:
+    """The encoded tail to append to ``old`` to get ``new`` (both one JSON list, or both one JSON
+    string, as orjson writes them), or None. A JSON value is read left to right without looking
+    ahead, so when ``new`` repeats ``old`` up to its closing bracket and then goes on after a
+    comma, its first items are exactly ``old``'s; a string likewise, up to the closing quote."""
+    opener = old[:1]
+    if opener != new[:1] or len(new) <= len(old):
+        return None
+    n = len(old) - 1
+    if opener == b"[":
+        if old == b"[]":
+            return new
+        if new[n] == 0x2C and new.startswith(old[:n]):  # ","
+            return b"[" + new[n + 1 :]
+    elif opener == b'"' and new.startswith(old[:n]):
+        return b'"' + new[n:]
+    return None
 
 
 def wants_keyframe(base: Base | None, max_chain: int) -> bool:
@@ -123,6 +116,7 @@ def wants_keyframe(base: Base | None, max_chain: int) -> bool:
 class Encoded:
     blob: bytes
     base: Base  # what this commit becomes once Redis accepts it
+    fields: dict[str, bytes]  # the state as encoded: immutable bytes, never a live object
 
 
 def encode_commit(
@@ -140,16 +134,16 @@ def encode_commit(
     compress_min_bytes: int,
     keyframe: bool = False,
 ) -> Encoded:
-    """The entry to commit for ``values`` at ``sequence_id``: a delta on ``base`` when that is
+    """The entry to commit for ``state`` at ``sequence_id``: a delta on ``base`` when that is
     the step before and the policy allows, else a keyframe."""
-    values = state.get_all()
+    fields = codec.encode_fields(state.get_all())
     doc = codec.snapshot_meta(partition_key, app_id, sequence_id, position, status)
     usable = base if base is not None and base.seq == sequence_id - 1 and not keyframe else None
     if usable is not None and not wants_keyframe(usable, max_chain):
-        change = diff(usable, values)
-        doc["set"] = codec.serialize_fields(change.set)
+        change = diff(usable, fields)
+        doc["set"] = codec.fields_doc(change.set)
         if change.add:
-            doc["add"] = codec.serialize_fields(change.add)
+            doc["add"] = codec.fields_doc(change.add)
         if change.drop:
             doc["del"] = change.drop
         body = codec.dumps(doc, app_id=app_id, sequence_id=sequence_id)
@@ -159,11 +153,10 @@ def encode_commit(
             blob = codec.frame(body, write_id=write_id, base=usable.write_id, keyframe=usable.keyframe,
                                compress_min_bytes=compress_min_bytes)  # fmt: skip
             after = Base(sequence_id, write_id, usable.keyframe, usable.keyframe_bytes, usable.chain + 1,
-                         usable.chain_bytes + len(blob), values, _sizes(values),
-                         usable.state_bytes + len(body))  # fmt: skip
-            return Encoded(blob, after)
+                         usable.chain_bytes + len(blob), fields, usable.state_bytes + len(body))  # fmt: skip
+            return Encoded(blob, after, fields)
         doc = codec.snapshot_meta(partition_key, app_id, sequence_id, position, status)
-    doc["state"] = codec.serialize_fields(values, state)
+    doc["state"] = codec.fields_doc(fields)
     body = codec.dumps(doc, app_id=app_id, sequence_id=sequence_id)
     codec.check_size(body, app_id=app_id, sequence_id=sequence_id, max_bytes=max_bytes)
     blob = codec.frame(
@@ -173,16 +166,13 @@ def encode_commit(
         keyframe=sequence_id,
         compress_min_bytes=compress_min_bytes,
     )
-    # A small state's next commit is a keyframe too (wants_keyframe): no sizes needed for it.
-    sizes = _sizes(values) if len(body) >= SMALL_STATE_BYTES else {}
-    after = Base(sequence_id, write_id, sequence_id, len(blob), 0, 0, values, sizes, len(body))
-    return Encoded(blob, after)
+    after = Base(sequence_id, write_id, sequence_id, len(blob), 0, 0, fields, len(body))
+    return Encoded(blob, after, fields)
 
 
 class Bases:
     """The last known step of each app this process touched, least recently used dropped first:
-    at most ``limit`` apps and about ``max_bytes`` of state (the states are referenced, not
-    copied, but a base can keep a finished app's state alive)."""
+    at most ``limit`` apps and about ``max_bytes`` of encoded state."""
 
     def __init__(self, limit: int = 1024, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.limit = limit

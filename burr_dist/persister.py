@@ -40,7 +40,10 @@ class PersisterCore:
     def __init__(self, store: StoreCore, lease: LeaseCore | None) -> None:
         self.store = store
         self.lease = lease
-        self._last_saved: tuple[str | None, str, int] | None = None
+        # The last save claimed: (partition, app, sequence, position, status, encoded fields). The
+        # fields are bytes the delta base holds anyway; equality is exact and costs nothing unless
+        # the same sequence is saved again.
+        self._last_saved: tuple[str | None, str, int, str, str, dict[str, bytes]] | None = None
         self.last_commit: Committed | None = None
         self.history: HistoryRecorder | None = None  # chaos runs: every commit's invoke/complete
         self._op: str | None = None
@@ -61,10 +64,11 @@ class PersisterCore:
         settle: Settle | None = None,
         keyframe: bool = False,
     ) -> Call | None:
-        if self._last_saved == (partition_key, app_id, sequence_id):
+        if self._is_repeat(partition_key, app_id, sequence_id, position, status, state):
             # The same object registered twice (as persister and as hook): Burr calls us twice, one
             # after the other (sync) or concurrently (async hooks run under asyncio.gather); the
-            # save is claimed below before it is sent, and given back by on_failure.
+            # save is claimed below before it is sent, and given back by on_failure. Only the very
+            # same save is skipped: another save of a stored sequence goes to Redis, which refuses it.
             log.debug("duplicate save of %s at %s ignored", app_id, sequence_id)
             return None
         token = ""
@@ -73,7 +77,7 @@ class PersisterCore:
             self.lease.check()
             token = self.lease.token
         write_id = codec.new_write_id()
-        blob, pending = self.store.encode(
+        blob, pending, fields = self.store.encode(
             partition_key, app_id, sequence_id, position, status, state, write_id, keyframe=keyframe
         )
         if pending is not None:
@@ -82,7 +86,7 @@ class PersisterCore:
         call = self.store.commit_call(
             partition_key, app_id, sequence_id, position, status, blob, write_id, token, settle, track
         )
-        self._last_saved = (partition_key, app_id, sequence_id)
+        self._last_saved = (partition_key, app_id, sequence_id, position, status, fields)
         self._tries = 0
         if self.history is not None:
             from burr_dist.chaos.history import app_key, state_digest
@@ -93,12 +97,20 @@ class PersisterCore:
             )
         return call
 
+    def _is_repeat(
+        self, partition_key: str | None, app_id: str, sequence_id: int, position: str, status: str,
+        state: State,
+    ) -> bool:  # fmt: skip
+        last = self._last_saved
+        if last is None or last[:5] != (partition_key, app_id, sequence_id, position, status):
+            return False
+        return codec.encode_fields(state.get_all()) == last[5]
+
     def on_commit(self, reply: Any, partition_key: str | None, app_id: str, sequence_id: int) -> Committed:
         self.last_commit = self.store.read_commit(reply, partition_key, app_id, sequence_id)
         pending = self._pending.pop((partition_key, app_id, sequence_id), None)
         if pending is not None:
             self.store.bases.put(partition_key, app_id, pending)
-        self._last_saved = (partition_key, app_id, sequence_id)
         if self.lease is not None:
             self.lease.head_fresh = False
         self._record("ok")
@@ -110,7 +122,7 @@ class PersisterCore:
         """Undo the dedup claim; record the outcome; turn a head below what this lease already saw
         into StoreRewound (while we hold the lease nobody else can commit, and no commit lowers
         the head: only lost data can)."""
-        if self._last_saved == (partition_key, app_id, sequence_id):
+        if self._last_saved is not None and self._last_saved[:3] == (partition_key, app_id, sequence_id):
             self._last_saved = None
         self.store.bases.drop(partition_key, app_id)  # what Redis holds is unknown now
         self._pending.pop((partition_key, app_id, sequence_id), None)

@@ -258,23 +258,25 @@ class StoreCore:
         write_id: str,
         *,
         keyframe: bool = False,
-    ) -> tuple[bytes, deltas.Base | None]:
-        """The entry to commit and the delta base it makes once Redis accepts it: a delta on the
-        last step this process saw of the app when possible (snapshot_format 2)."""
+    ) -> tuple[bytes, deltas.Base | None, dict[str, bytes]]:
+        """The entry to commit, the delta base it makes once Redis accepts it (a delta on the
+        last step this process saw of the app when possible: snapshot_format 2) and the
+        state's encoded fields (what a repeat of this save must equal)."""
         c = self.config
         if c.snapshot_format == 1:
+            fields = codec.encode_fields(state.get_all())
             blob = codec.encode_snapshot(
                 write_id=write_id, partition_key=partition_key, app_id=app_id, sequence_id=sequence_id,
-                position=position, status=status, state=state, max_bytes=c.max_state_bytes,
+                position=position, status=status, fields=fields, max_bytes=c.max_state_bytes,
             )  # fmt: skip
-            return blob, None
+            return blob, None, fields
         encoded = deltas.encode_commit(
             self.bases.get(partition_key, app_id),
             write_id=write_id, partition_key=partition_key, app_id=app_id, sequence_id=sequence_id,
             position=position, status=status, state=state, max_bytes=c.max_state_bytes,
             max_chain=c.max_chain, compress_min_bytes=c.compress_min_bytes, keyframe=keyframe,
         )  # fmt: skip
-        return encoded.blob, encoded.base
+        return encoded.blob, encoded.base, encoded.fields
 
     def commit_call(
         self,

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from burr_dist import FleetClient, RedisStore
-from burr_dist.codec import encode_snapshot, new_write_id
+from burr_dist.codec import encode_fields, encode_snapshot, new_write_id
 from burr_dist.embedded import EmbeddedServer
 from burr_dist.keys import encode_id
 from burr_dist.migrate import migrate_v1_layout
@@ -20,12 +20,10 @@ from tests.support.targets import ACL
 
 def write_v1_app(client: redis.Redis, pk: str, app_id: str, status: str, queue: str | None) -> None:
     """The keys 0.1 wrote for an app with two committed steps (names from 0.1's keys.py)."""
-    from burr.core import State
-
     base = f"burr:{{{encode_id(pk)}}}:{encode_id(app_id)}"
     for seq in (0, 1):
         blob = encode_snapshot(write_id=new_write_id(), partition_key=pk, app_id=app_id, sequence_id=seq,
-                               position="inc", status="completed", state=State({"n": seq + 1}),
+                               position="inc", status="completed", fields=encode_fields({"n": seq + 1}),
                                max_bytes=1 << 20)  # fmt: skip
         client.hset(f"{base}:snaps", str(seq), blob)
     client.hset(

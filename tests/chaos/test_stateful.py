@@ -133,7 +133,10 @@ class Handle:
     head_fresh: bool = True
     released: bool = False
     lost: bool = False  # the lease object itself knows (a renewal was refused)
-    last_saved: int | None = None  # PersisterCore._last_saved (sequence; pk and app are the lease's)
+    # PersisterCore._last_saved: (sequence, status); pk and app are the lease's, and the state and
+    # position are functions of (worker, sequence), so a save equal in these two is the same save
+    last_saved: tuple[int, str] | None = None
+    last_payload: dict[str, Any] | None = None  # what that save stored, for an identical repeat
 
 
 @dataclass(frozen=True)
@@ -283,15 +286,18 @@ class FencedStoreMachine(RuleBasedStateMachine):
     def save(self, w: str, a: int, h: Handle, delta: int, status: str) -> None:
         m = self.apps[a]
         seq = self.next_seq(m, delta)
-        if h.last_saved == seq:
-            expected = IGNORED
+        repeat = h.last_saved is not None and h.last_saved[0] == seq
+        if h.last_saved == (seq, status):
+            expected = IGNORED  # Burr's hook duplication: the same save again is skipped; a
+            # different save at that sequence (here: another status) goes to Redis like any other
         elif h.released:
             expected = NOT_HELD
         elif h.lost:
             expected = LOCAL_LOST
         else:
             expected = m.lua_commit(h.token, seq, None)
-        snap = Snap(self.payload(w, seq, a), f"step-{seq}", status, None)
+        payload = h.last_payload if repeat and h.last_payload is not None else self.payload(w, seq, a)
+        snap = Snap(payload, f"step-{seq}", status, None)
         before = h.persister.core.last_commit
         got = OK
         try:
@@ -315,7 +321,7 @@ class FencedStoreMachine(RuleBasedStateMachine):
             base = self.stores[w].bases.get(m.pk, m.app_id)  # the write the commit stored
             assert base is not None and base.seq == seq
             m.commit(seq, Snap(snap.state, snap.position, snap.status, base.write_id))
-            h.last_saved, h.head_fresh = seq, False
+            h.last_saved, h.last_payload, h.head_fresh = (seq, status), payload, False
         elif got in (FENCED, CONFLICT):
             h.last_saved = None  # on_failure gives the claimed save back
         if got == FENCED:
