@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 from burr.core import ApplicationBuilder, State, action  # noqa: E402
 
 from bench.apps import registry  # noqa: E402
-from burr_dist.registry import AppContext  # noqa: E402
+from burr_dist.fleet.registry import AppContext  # noqa: E402
 
 AGENT_STEPS = ("plan", "search", "read", "extract", "draft", "critique", "revise", "publish")
 
@@ -64,10 +64,11 @@ def agent(ctx: AppContext) -> ApplicationBuilder:
 
 
 async def run(url: str, prefix: str, kind: str, n: int) -> None:
-    from burr_dist.connection import connect
-    from burr_dist.queue import EnqueueRequest, FleetClient
-    from burr_dist.store import StoreConfig
-    from burr_dist.worker import Worker
+    from burr_dist.fleet.client import FleetClient
+    from burr_dist.fleet.core import EnqueueRequest
+    from burr_dist.store.core import StoreConfig
+    from burr_dist.transport.connect import connect
+    from burr_dist.worker.process import Worker
 
     fleet = FleetClient(connect(url), StoreConfig(prefix=prefix))
     fleet.enqueue_many([EnqueueRequest(kind, app_id=f"a{i}") for i in range(n)])
@@ -90,7 +91,7 @@ def main() -> None:
     ap.add_argument("--kind", default="agent", choices=("agent", "one", "ten"))
     ap.add_argument("--apps", type=int, default=500)
     args = ap.parse_args()
-    from burr_dist.embedded import EmbeddedServer
+    from burr_dist.testing.embedded import EmbeddedServer
 
     prefix = "appmem"
     with EmbeddedServer() as server:

@@ -18,7 +18,7 @@ from typing import Any
 from burr.core import Application, ApplicationBuilder, State, action, expr
 
 from burr_dist import Registry
-from burr_dist.registry import AppContext
+from burr_dist.fleet.registry import AppContext
 
 registry = Registry()
 STEPS = {"one": 1, "ten": 10, "one_async": 1, "ten_async": 10}

@@ -69,7 +69,7 @@ import redis  # noqa: E402
 
 from bench.apps import STEPS  # noqa: E402
 from bench.fleet_measure import Children, Row, ServerDelta, ServerMeter, report  # noqa: E402
-from burr_dist.embedded import EmbeddedServer  # noqa: E402
+from burr_dist.testing.embedded import EmbeddedServer  # noqa: E402
 
 PEERS = Path(__file__).resolve().with_name("fleet_peers.py")
 
@@ -103,7 +103,7 @@ def child_burr(args: argparse.Namespace) -> None:
     import logging
 
     from bench.apps import registry
-    from burr_dist.worker import Worker
+    from burr_dist.worker.process import Worker
 
     logging.basicConfig(level=logging.WARNING)
 
@@ -152,17 +152,17 @@ class Bench:
         return Children([cmd] * procs, self.logdir, prefix)
 
     def fleet(self, prefix: str) -> Any:
-        from burr_dist.connection import connect
-        from burr_dist.queue import FleetClient
-        from burr_dist.store import StoreConfig
+        from burr_dist.fleet.client import FleetClient
+        from burr_dist.store.core import StoreConfig
+        from burr_dist.transport.connect import connect
 
         return FleetClient(connect(self.url), StoreConfig(prefix=prefix))
 
     def burr_times(self, fleet: Any, ids: list[str], kind: str, since: float = 0.0) -> list[list[float]]:
         """Per app (enqueue, first step, done) from the job records; checks each app completed."""
-        from burr_dist import codec
         from burr_dist.keys import partition_of
-        from burr_dist.transport import Cmd
+        from burr_dist.store import codec
+        from burr_dist.transport.core import Cmd
 
         out = []
         for i in range(0, len(ids), 500):
@@ -181,7 +181,7 @@ class Bench:
         return out
 
     def burr(self, kind: str, n: int, procs: int) -> Row:
-        from burr_dist.queue import EnqueueRequest
+        from burr_dist.fleet.core import EnqueueRequest
 
         prefix = f"{self.tag}-r{self.round}-p{procs}-{kind}"
         fleet = self.fleet(prefix)

@@ -49,10 +49,11 @@ def monitor_words(line: str) -> list[bytes]:
 def record(kind: str, track: bool) -> list[tuple[str, list[bytes]]]:
     """The script calls a worker sends for one app of ``kind``: (script name, command words)."""
     from bench.apps import registry
-    from burr_dist.embedded import EmbeddedServer
-    from burr_dist.queue import EnqueueRequest, FleetClient
+    from burr_dist.fleet.client import FleetClient
+    from burr_dist.fleet.core import EnqueueRequest
     from burr_dist.scripts import known_scripts
-    from burr_dist.worker import Worker
+    from burr_dist.testing.embedded import EmbeddedServer
+    from burr_dist.worker.process import Worker
 
     names = {s.sha: s.name for s in known_scripts()}
     lines: list[str] = []
@@ -114,8 +115,8 @@ def replay(
     calls: list[tuple[str, list[bytes]]], apps: int, rounds: int
 ) -> list[tuple[str, float, float, float, float]]:
     """Per call of the app: (name, us per call, us in its commands, commands per call, floor us)."""
-    from burr_dist.embedded import EmbeddedServer
     from burr_dist.scripts import known_scripts
+    from burr_dist.testing.embedded import EmbeddedServer
 
     best: dict[int, tuple[str, float, float, float, float]] = {}
     with EmbeddedServer() as server:

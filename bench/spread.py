@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from burr_dist import EnqueueRequest, FleetClient
-from burr_dist.embedded import find_server_binary
-from burr_dist.topology_servers import EmbeddedCluster
+from burr_dist.testing.embedded import find_server_binary
+from burr_dist.testing.topologies import EmbeddedCluster
 
 
 def main() -> None:

@@ -32,9 +32,10 @@ import orjson
 from burr.core import ApplicationBuilder, State, action
 from burr.integrations.persisters.b_redis import RedisBasePersister
 
-from burr_dist import RedisPersister, RedisStore, StoreConfig, codec
-from burr_dist.connection import connect
-from burr_dist.embedded import EmbeddedServer
+from burr_dist import RedisPersister, RedisStore, StoreConfig
+from burr_dist.store import codec
+from burr_dist.testing.embedded import EmbeddedServer
+from burr_dist.transport.connect import connect
 
 # About 200 words of support-chat English; messages draw from it at random (seeded), with some
 # numbers and ids, so the text compresses about as well as model output (zstd 3x or so), not 100x.

@@ -25,10 +25,10 @@ from burr.core.persistence import BaseStatePersister
 from burr.integrations.persisters.b_redis import RedisBasePersister
 
 from burr_dist import Lease, RedisPersister, RedisStore, StoreConfig
-from burr_dist.connection import connect
-from burr_dist.embedded import EmbeddedServer, wait_for
 from burr_dist.keys import KeySchema
-from burr_dist.tracking import StepTracker
+from burr_dist.observability.tracking import StepTracker
+from burr_dist.testing.embedded import EmbeddedServer, wait_for
+from burr_dist.transport.connect import connect
 
 
 @action(reads=["n"], writes=["n"])
@@ -50,7 +50,7 @@ def make_app(
         .with_transitions(("ping", "pong"), ("pong", "ping"))
         .with_identifiers(app_id=app_id, partition_key=partition_key)
     )
-    if tracker is not None:  # as the worker adds it (running.py)
+    if tracker is not None:  # as the worker adds it (worker/claim_runner.py)
         b = b.with_hooks(tracker)
         if persister is not None:
             persister.core.tracker = tracker

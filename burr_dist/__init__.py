@@ -1,5 +1,6 @@
 """burr_dist: run Apache Burr applications on a fleet of workers coordinated through Redis."""
 
+from burr_dist import _moved
 from burr_dist.errors import (
     BurrDistError,
     ConfigurationError,
@@ -13,13 +14,17 @@ from burr_dist.errors import (
     SnapshotNotFound,
     StoreError,
 )
+from burr_dist.fleet.client import AsyncFleetClient, FleetClient
+from burr_dist.fleet.core import Enqueued, EnqueueRequest
+from burr_dist.fleet.registry import AppContext, FleetEvent, Registry, RetryPolicy
 from burr_dist.keys import DEFAULT_PARTITION, KeySchema
-from burr_dist.lease import AsyncLease, Lease
-from burr_dist.persister import AsyncRedisPersister, RedisPersister
-from burr_dist.queue import AsyncFleetClient, Enqueued, EnqueueRequest, FleetClient
-from burr_dist.registry import AppContext, FleetEvent, Registry, RetryPolicy
-from burr_dist.runner import Outcome, arun_app, run_app
-from burr_dist.store import AsyncRedisStore, RedisStore, StoreConfig
+from burr_dist.store.clients import AsyncRedisStore, RedisStore
+from burr_dist.store.core import StoreConfig
+from burr_dist.store.lease import AsyncLease, Lease
+from burr_dist.store.persister import AsyncRedisPersister, RedisPersister
+from burr_dist.store.standalone import Outcome, arun_app, run_app
+
+_moved.install()
 
 __all__ = [
     "DEFAULT_PARTITION",

@@ -18,7 +18,7 @@ import time
 from burr.core import ApplicationBuilder, State, action, expr
 
 from burr_dist import Registry, RetryPolicy
-from burr_dist.registry import AppContext
+from burr_dist.fleet.registry import AppContext
 
 registry = Registry()
 

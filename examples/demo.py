@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from burr_dist import EnqueueRequest, FleetClient, StoreConfig  # noqa: E402
-from burr_dist.cli import check_redis  # noqa: E402
-from burr_dist.embedded import EmbeddedServer  # noqa: E402
+from burr_dist.cli.app import check_redis  # noqa: E402
 from burr_dist.errors import AppNotRunnable, BurrDistError  # noqa: E402
 from burr_dist.keys import KeySchema  # noqa: E402
+from burr_dist.testing.embedded import EmbeddedServer  # noqa: E402
 
 console = Console(soft_wrap=True, highlight=False)
 if not console.is_terminal:

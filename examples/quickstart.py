@@ -16,7 +16,7 @@ import sys
 from burr.core import ApplicationBuilder, State, action
 
 from burr_dist import RedisPersister, RedisStore, run_app
-from burr_dist.embedded import EmbeddedServer
+from burr_dist.testing.embedded import EmbeddedServer
 
 
 @action(reads=["count"], writes=["count"])

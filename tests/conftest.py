@@ -27,14 +27,15 @@ from typing import Any
 import pytest
 
 from burr_dist import AsyncRedisStore, RedisStore
-from burr_dist.embedded import (
+from burr_dist.testing.embedded import (
     EmbeddedServer,
     TLSFiles,
     find_server_binary,
     make_tls_files,
     tls_unsupported_reason,
 )
-from burr_dist.topology_servers import EmbeddedCluster, EmbeddedSentinel
+from burr_dist.testing.sentinel import EmbeddedSentinel
+from burr_dist.testing.topologies import EmbeddedCluster
 from tests.support.targets import ACL, TOPOLOGIES, Target, Targets, unsupported
 
 KINDS = ["redis", "valkey"] if shutil.which("redis-server") else ["valkey"]

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from burr_dist import FleetClient, RedisStore
 from burr_dist.acl import ACL_RULES
 from burr_dist.cli import main
-from burr_dist.embedded import EmbeddedServer, find_server_binary
 from burr_dist.errors import BurrDistError
+from burr_dist.testing.embedded import EmbeddedServer, find_server_binary
 from tests.conftest import KINDS
 from tests.support.fleet import start_worker, wait_until
 from tests.support.targets import Target

@@ -20,8 +20,8 @@ from burr_dist import (
     RedisPersister,
     RedisStore,
 )
-from burr_dist.connection import aconnect
-from burr_dist.embedded import EmbeddedServer, free_port
+from burr_dist.testing.embedded import EmbeddedServer, free_port
+from burr_dist.transport.connect import aconnect
 
 BURR_CONTRACT = {
     "load",

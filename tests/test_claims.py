@@ -95,8 +95,8 @@ def test_delayed_apps_wait_in_scheduled_until_due(client: redis.Redis) -> None:
 def test_status_counters_count_each_change_once_and_add_up_with_plain_fields(client: redis.Redis) -> None:
     """A status change is one HINCRBY of its transition field; `status` adds transitions to the
     plain per-status fields (what enqueue writes, and all that earlier versions kept)."""
+    from burr_dist.fleet.core import EnqueueRequest
     from burr_dist.keys import partition_of
-    from burr_dist.queue import EnqueueRequest
 
     fleet = FleetClient(client)
     fleet.enqueue_many([EnqueueRequest("x", app_id=a) for a in ("c1", "c2", "c3")])

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from burr_dist.cli import main
-from burr_dist.embedded import EmbeddedServer, free_port
+from burr_dist.testing.embedded import EmbeddedServer, free_port
 from tests.support.targets import Target
 
 pytestmark = pytest.mark.topologies(kinds=1)
@@ -261,7 +261,7 @@ def test_worker_log_level_any_case_and_poll_interval(
     fleet_server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch, level: str
 ) -> None:
     """The options reach logging and the Worker (run_forever replaced: no worker loop here)."""
-    from burr_dist.worker import Worker
+    from burr_dist.worker.process import Worker
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(logging, "basicConfig", lambda **kw: seen.update(level=kw["level"]))

@@ -14,8 +14,8 @@ import yaml
 from click.testing import CliRunner
 
 from burr_dist.cli import main
-from burr_dist.embedded import EmbeddedServer
-from burr_dist.registry import load_registry
+from burr_dist.fleet.registry import load_registry
+from burr_dist.testing.embedded import EmbeddedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from burr_dist import codec
 from burr_dist.keys import KeySchema
+from burr_dist.store import codec
 from tests.support.targets import Target
 
 pytestmark = pytest.mark.topologies(default=("cluster",))

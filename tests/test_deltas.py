@@ -14,9 +14,10 @@ import pytest
 import redis
 from burr.core import ApplicationBuilder, State, action
 
-from burr_dist import SerializationError, SnapshotNotFound, codec, deltas
-from burr_dist.deltas import DEFAULT_MAX_CHAIN
+from burr_dist import SerializationError, SnapshotNotFound
 from burr_dist.keys import KeySchema
+from burr_dist.store import codec, deltas
+from burr_dist.store.deltas import DEFAULT_MAX_CHAIN
 from tests.support.apps import Driver
 from tests.support.targets import Target
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from burr_dist.embedded import EmbeddedServer
+from burr_dist.testing.embedded import EmbeddedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

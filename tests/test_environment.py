@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from burr_dist.connection import aconnect, connect
-from burr_dist.embedded import EmbeddedServer
 from burr_dist.errors import ConfigurationError
+from burr_dist.testing.embedded import EmbeddedServer
+from burr_dist.transport.connect import aconnect, connect
 
 try:
     import tomllib

@@ -22,9 +22,10 @@ from burr.core.persistence import PersisterHook, SQLitePersister
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from burr_dist import SequenceConflict, SerializationError, codec
-from burr_dist.deltas import tail_of
+from burr_dist import SequenceConflict, SerializationError
 from burr_dist.keys import KeySchema
+from burr_dist.store import codec
+from burr_dist.store.deltas import tail_of
 from tests.support.apps import Driver
 from tests.support.targets import Target
 

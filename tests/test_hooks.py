@@ -12,10 +12,10 @@ import pytest
 from burr.core import ApplicationBuilder, State, action, expr
 
 from burr_dist import FleetClient, Registry
-from burr_dist.connection import connect
-from burr_dist.embedded import EmbeddedServer
-from burr_dist.registry import FleetEvent
-from burr_dist.worker import Worker
+from burr_dist.fleet.registry import FleetEvent
+from burr_dist.testing.embedded import EmbeddedServer
+from burr_dist.transport.connect import connect
+from burr_dist.worker.process import Worker
 
 STEPS = 4
 SLOW_HOOK = 0.1  # seconds a claimed / step_committed hook takes: far longer than a step

@@ -1,4 +1,4 @@
-"""Where sync actions run (burr_dist/inline.py): fast ones on the event loop once the pool showed
+"""Where sync actions run (burr_dist/worker/inline.py): fast ones on the event loop once the pool showed
 them fast, blocking ones always in the pool (the loop stays responsive), a fast one that blocks
 once on the loop back to the pool for good; and the queue acks riding on the claim round trips."""
 
@@ -17,13 +17,13 @@ import pytest
 from burr.core import ApplicationBuilder, State, action
 
 from burr_dist import FleetClient, Registry
-from burr_dist.connection import connect
-from burr_dist.embedded import EmbeddedServer
 from burr_dist.errors import ConfigurationError
-from burr_dist.inline import InlinePolicy, thread_usage
-from burr_dist.queue import EnqueueRequest
-from burr_dist.registry import AppContext
-from burr_dist.worker import Worker
+from burr_dist.fleet.core import EnqueueRequest
+from burr_dist.fleet.registry import AppContext
+from burr_dist.testing.embedded import EmbeddedServer
+from burr_dist.transport.connect import connect
+from burr_dist.worker.inline import InlinePolicy, thread_usage
+from burr_dist.worker.process import Worker
 
 POOL = "burr-dist-step"
 
@@ -52,7 +52,7 @@ def test_a_long_run_on_the_loop_sends_the_action_back_to_the_pool_ten_times_long
     p.observe("app", "a", 0.0001, inline=False)
     p.observe("app", "a", 0.015, inline=True)  # over budget, under 10 budgets: stays
     assert p.inline("app", "a")
-    with caplog.at_level(logging.WARNING, logger="burr_dist.inline"):
+    with caplog.at_level(logging.WARNING, logger="burr_dist.worker.inline"):
         p.observe("app", "a", 0.05, inline=True)
         assert not p.inline("app", "a")
         for needed in (10, 100):  # each demotion needs 10x the pool runs of the last
@@ -139,7 +139,7 @@ def test_a_run_the_os_preempted_stays_on_the_loop(caplog: Any) -> None:
         p = InlinePolicy(budget=0.002, warmup=1)
         p.observe("app", "a", 0.0001, inline=False)
         longest = 0.0
-        with caplog.at_level(logging.DEBUG, logger="burr_dist.inline"):
+        with caplog.at_level(logging.DEBUG, logger="burr_dist.worker.inline"):
             for _ in range(500):
                 started = time.perf_counter()
                 p.run("app", "a", lambda: _spin(0.001))
@@ -233,13 +233,13 @@ async def test_a_fast_action_that_blocks_on_the_loop_goes_back_to_the_pool(
     fleet = FleetClient(connect(fleet_server.url))
     fleet.enqueue_many([EnqueueRequest("fast", app_id=f"f{i}") for i in range(10)])
     w = Worker(_registry(runs, {"fast": 6}), url=fleet_server.url, concurrency=1, poll_interval=0.02)
-    with caplog.at_level(logging.WARNING, logger="burr_dist.inline"):
+    with caplog.at_level(logging.WARNING, logger="burr_dist.worker.inline"):
         await _run_until(w, lambda: len(runs["fast"]) == 10)
     fleet.client.close()
     me = threading.current_thread().name
     where = ["loop" if t == me else "pool" for t in runs["fast"]]
     assert where == ["pool"] * 3 + ["loop"] * 3 + ["pool"] * 4, runs["fast"]
-    assert [r.event for r in caplog.records if r.name == "burr_dist.inline"] == ["inline_demoted"]  # type: ignore[attr-defined]
+    assert [r.event for r in caplog.records if r.name == "burr_dist.worker.inline"] == ["inline_demoted"]  # type: ignore[attr-defined]
 
 
 async def test_an_action_marked_blocking_always_runs_in_the_pool(fleet_server: EmbeddedServer) -> None:

@@ -175,7 +175,7 @@ def test_invalid_app_id_raises(app_id: object) -> None:
 
 def test_store_config_rejects_a_bad_prefix() -> None:
     from burr_dist import StoreConfig
-    from burr_dist.store import StoreCore
+    from burr_dist.store.core import StoreCore
 
     with pytest.raises(ConfigurationError):
         StoreCore(StoreConfig(prefix="bad prefix"))

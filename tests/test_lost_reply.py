@@ -22,9 +22,11 @@ from burr_dist import (
     RedisStore,
     RedisUnavailable,
     StoreConfig,
-    codec,
 )
-from burr_dist.chaos.history import (
+from burr_dist.keys import KeySchema
+from burr_dist.store import codec
+from burr_dist.testing.embedded import EmbeddedServer
+from burr_dist.testing.history import (
     FinalState,
     HistoryRecorder,
     app_key,
@@ -33,9 +35,7 @@ from burr_dist.chaos.history import (
     operations,
     state_digest,
 )
-from burr_dist.connection import RetryPolicy, aconnect, connect
-from burr_dist.embedded import EmbeddedServer
-from burr_dist.keys import KeySchema
+from burr_dist.transport.connect import RetryPolicy, aconnect, connect
 from tests.support.proxy import FaultProxy
 
 PK, APP = "user-1", "a1"
@@ -282,7 +282,7 @@ def test_a_commit_that_settled_is_recognised_when_its_reply_was_lost(server: Emb
     """A claim's last step commits and settles (releasing the lease) in one script. Its retry
     finds the lease gone: it must recognise its own write and settle, not report a lost lease."""
     from burr_dist import FleetClient
-    from burr_dist.store import Settle
+    from burr_dist.store.core import Settle
 
     fleet = FleetClient.from_url(server.url)
     fleet.enqueue("counter", "s1")
@@ -300,7 +300,7 @@ def test_a_commit_that_settled_is_recognised_when_its_reply_was_lost(server: Emb
 
 def test_a_commit_with_a_settle_is_fenced_like_any_other(server: EmbeddedServer) -> None:
     from burr_dist import FleetClient
-    from burr_dist.store import Settle
+    from burr_dist.store.core import Settle
 
     fleet = FleetClient.from_url(server.url)
     fleet.enqueue("counter", "s2")

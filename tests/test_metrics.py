@@ -18,10 +18,10 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from burr_dist import FleetClient
-from burr_dist.connection import connect
-from burr_dist.embedded import EmbeddedServer, free_port
-from burr_dist.logs import EVENTS, FIELDS
-from burr_dist.queue import EnqueueRequest
+from burr_dist.fleet.core import EnqueueRequest
+from burr_dist.observability.logs import EVENTS, FIELDS
+from burr_dist.testing.embedded import EmbeddedServer, free_port
+from burr_dist.transport.connect import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -174,5 +174,5 @@ def test_exporter_reports_queue_depth_of_delayed_apps(fleet_server: EmbeddedServ
 
 
 def test_a_worker_without_metrics_does_not_import_prometheus_client() -> None:
-    code = "import sys, burr_dist.cli, burr_dist.worker; sys.exit('prometheus_client' in sys.modules)"
+    code = "import sys, burr_dist.cli, burr_dist.worker.process; sys.exit('prometheus_client' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

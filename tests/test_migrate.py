@@ -10,10 +10,10 @@ import pytest
 import redis
 
 from burr_dist import FleetClient, RedisStore
-from burr_dist.codec import encode_fields, encode_snapshot, new_write_id
-from burr_dist.embedded import EmbeddedServer
+from burr_dist.fleet.migrate import migrate_v1_layout
 from burr_dist.keys import encode_id
-from burr_dist.migrate import migrate_v1_layout
+from burr_dist.store.codec import encode_fields, encode_snapshot, new_write_id
+from burr_dist.testing.embedded import EmbeddedServer
 from tests.support.fleet import ROOT
 from tests.support.targets import ACL
 

@@ -13,14 +13,9 @@ import pytest
 import redis
 from burr.core import State
 
-from burr_dist import (
-    CorruptSnapshot,
-    SequenceConflict,
-    SerializationError,
-    SnapshotNotFound,
-    codec,
-)
+from burr_dist import CorruptSnapshot, SequenceConflict, SerializationError, SnapshotNotFound
 from burr_dist.keys import KeySchema
+from burr_dist.store import codec
 from tests.support.apps import Driver, Flaky
 from tests.support.targets import Target
 

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from burr_dist import RedisStore
-from burr_dist.connection import connect
-from burr_dist.embedded import EmbeddedServer
+from burr_dist.testing.embedded import EmbeddedServer
+from burr_dist.transport.connect import connect
 from tests.support.proxy import FaultProxy
 
 

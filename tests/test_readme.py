@@ -27,8 +27,8 @@ import pytest
 import redis
 
 from burr_dist import FleetClient
-from burr_dist.codec import HEADER_BYTES
-from burr_dist.embedded import EmbeddedServer, free_port
+from burr_dist.store.codec import HEADER_BYTES
+from burr_dist.testing.embedded import EmbeddedServer, free_port
 from tests.support.targets import ACL
 from tests.test_demo import make_env
 

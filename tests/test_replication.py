@@ -19,12 +19,13 @@ from burr.core import State
 from redis.crc import key_slot
 
 from burr_dist import FleetClient, Lease, LeaseLost, RedisStore, StoreConfig
-from burr_dist.connection import RetryPolicy
-from burr_dist.embedded import EmbeddedServer, find_server_binary
 from burr_dist.errors import NotDurable, RedisUnavailable
-from burr_dist.store import Call, Committed
-from burr_dist.topology_servers import EmbeddedCluster, EmbeddedSentinel
-from burr_dist.transport import BatchCore, Cmd, Durability
+from burr_dist.store.core import Call, Committed
+from burr_dist.testing.embedded import EmbeddedServer, find_server_binary
+from burr_dist.testing.sentinel import EmbeddedSentinel
+from burr_dist.testing.topologies import EmbeddedCluster
+from burr_dist.transport.connect import RetryPolicy
+from burr_dist.transport.core import BatchCore, Cmd, Durability
 from tests.conftest import KINDS
 from tests.support.targets import ACL, Target, add_acl_users
 

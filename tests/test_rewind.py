@@ -10,10 +10,10 @@ import redis
 from burr.core import State
 
 from burr_dist import Lease, RedisStore
-from burr_dist.embedded import EmbeddedServer
 from burr_dist.errors import SequenceConflict, StoreRewound
 from burr_dist.keys import KeySchema
-from burr_dist.worker import Worker
+from burr_dist.testing.embedded import EmbeddedServer
+from burr_dist.worker.process import Worker
 from tests.support.fleet import registry
 
 KEYS = KeySchema("burr")

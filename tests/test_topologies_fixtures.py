@@ -13,14 +13,9 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from burr_dist.embedded import EmbeddedServer, TLSFiles
-from burr_dist.topology_servers import (
-    ACL_RULES,
-    CLUSTER_SLOTS,
-    EmbeddedCluster,
-    EmbeddedSentinel,
-    create_acl_user,
-)
+from burr_dist.testing.embedded import EmbeddedServer, TLSFiles
+from burr_dist.testing.sentinel import EmbeddedSentinel
+from burr_dist.testing.topologies import ACL_RULES, CLUSTER_SLOTS, EmbeddedCluster, create_acl_user
 
 
 def _keys_on_every_primary(c: EmbeddedCluster, rc: redis.RedisCluster, prefix: str) -> None:

@@ -13,10 +13,10 @@ from typing import Any
 from burr.core import ApplicationBuilder, State, action
 
 from burr_dist import FleetClient, Registry
-from burr_dist.connection import connect
-from burr_dist.embedded import EmbeddedServer
-from burr_dist.registry import AppContext
-from burr_dist.worker import Worker
+from burr_dist.fleet.registry import AppContext
+from burr_dist.testing.embedded import EmbeddedServer
+from burr_dist.transport.connect import connect
+from burr_dist.worker.process import Worker
 
 registry = Registry()
 MACHINE: dict[str, str] = {}  # the tracker's storage_dir: which "machine" builds the app

@@ -17,12 +17,12 @@ from burr.core import ApplicationBuilder, State, action
 from burr.visibility import TracerFactory
 
 from burr_dist import Lease, LeaseLost, RedisPersister, RedisStore, SequenceConflict, StoreConfig
-from burr_dist.connection import RetryPolicy, connect
-from burr_dist.embedded import EmbeddedServer
 from burr_dist.errors import ConfigurationError
 from burr_dist.keys import KeySchema
-from burr_dist.tracking import WORKER_ATTRIBUTE, StepTracker, graph_digest, resolve_app
-from burr_dist.worker import Worker
+from burr_dist.observability.tracking import WORKER_ATTRIBUTE, StepTracker, graph_digest, resolve_app
+from burr_dist.testing.embedded import EmbeddedServer
+from burr_dist.transport.connect import RetryPolicy, connect
+from burr_dist.worker.process import Worker
 from tests.support.proxy import FaultProxy
 
 PK, APP = "user-1", "t1"
@@ -143,8 +143,8 @@ async def test_async_app_under_the_worker_commits_its_records(fleet_server: Embe
     """An async app (astep, AsyncRedisPersister) under the worker; its factory returns the same
     builder every time, so each build must replace the last build's tracker, not add to it."""
     from burr_dist import FleetClient, Registry
-    from burr_dist.registry import AppContext
-    from burr_dist.worker import Worker
+    from burr_dist.fleet.registry import AppContext
+    from burr_dist.worker.process import Worker
 
     @action(reads=["n"], writes=["n"])
     async def tick(state: State) -> State:
@@ -232,7 +232,7 @@ def test_apps_of_one_graph_share_one_stored_graph_and_old_records_still_read(
 def test_a_delta_refused_and_sent_again_whole_keeps_its_records(target: Any, client: Any) -> None:
     """A delta whose base moved is refused (nothing stored) and sent again as a keyframe: that
     second commit carries the step's records and the graph, taken again from the tracker."""
-    from burr_dist import codec
+    from burr_dist.store import codec
 
     store = RedisStore(connect(target.url))
 

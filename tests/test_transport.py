@@ -8,10 +8,10 @@ import redis
 from burr.core import State
 
 from burr_dist import AsyncRedisPersister, AsyncRedisStore, Lease, RedisStore
-from burr_dist.connection import is_transient
 from burr_dist.errors import NotDurable
-from burr_dist.topology_servers import EmbeddedCluster
-from burr_dist.transport import BatchCore, Cmd, Durability, slot_of
+from burr_dist.testing.topologies import EmbeddedCluster
+from burr_dist.transport.connect import is_transient
+from burr_dist.transport.core import BatchCore, Cmd, Durability, slot_of
 
 CMDS = [Cmd("burr:{7}:a", ("SET", "burr:{7}:a", "1"))]
 WAIT1 = Durability(1, 100)

@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from burr_dist import FleetClient
-from burr_dist.connection import connect
-from burr_dist.embedded import EmbeddedServer, free_port
+from burr_dist.testing.embedded import EmbeddedServer, free_port
+from burr_dist.transport.connect import connect
 from tests.test_metrics import process
 
 CHROMIUM = "/usr/bin/chromium"

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from burr_dist import FleetClient, Lease, RedisStore, StoreConfig
-from burr_dist.connection import connect
-from burr_dist.topology_servers import EmbeddedCluster
-from burr_dist.worker import Worker
+from burr_dist.testing.topologies import EmbeddedCluster
+from burr_dist.transport.connect import connect
+from burr_dist.worker.process import Worker
 from tests.support.ui_apps import registry
 
 pytest.importorskip("fastapi", reason="the UI backend needs the ui extra (pip install 'burr_dist[ui]')")

@@ -13,7 +13,7 @@ import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from burr_dist.cli import (
+from burr_dist.cli.app import (
     ENQUEUE_CHUNK,
     console,
     emit_json,
@@ -27,7 +27,7 @@ from burr_dist.cli import (
     when,
 )
 from burr_dist.errors import BurrDistError
-from burr_dist.queue import DEFAULT_QUEUE, STATUSES, Enqueued, EnqueueRequest
+from burr_dist.fleet.core import DEFAULT_QUEUE, STATUSES, Enqueued, EnqueueRequest
 
 
 # -- enqueue --------------------------------------------------------------------------------------------
@@ -398,7 +398,7 @@ def migrate_keys(dry_run: bool) -> None:
     Stop every worker first. One server or Sentinel only (0.1 never ran on Cluster). Safe to run
     again: each app moves in one transaction.
     """
-    from burr_dist.migrate import migrate_v1_layout
+    from burr_dist.fleet.migrate import migrate_v1_layout
 
     s = settings()
     fleet = s.fleet()

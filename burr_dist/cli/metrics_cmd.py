@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from burr_dist.cli import LOG_LEVELS, main, settings
-from burr_dist.logs import FORMATS, configure
+from burr_dist.cli.app import LOG_LEVELS, main, settings
+from burr_dist.observability.logs import FORMATS, configure
 
 
 @main.command()
@@ -34,7 +34,7 @@ def metrics(port: int, host: str, log_level: str, log_format: str) -> None:
 
     from prometheus_client import start_http_server
 
-    from burr_dist.metrics import fleet_registry
+    from burr_dist.observability.metrics import fleet_registry
 
     configure(log_level, log_format)
     fleet = settings().fleet()  # PING first: exit 5 when Redis cannot be reached

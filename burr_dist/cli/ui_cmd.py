@@ -13,9 +13,9 @@ import sys
 
 import click
 
-from burr_dist.cli import check_redis, main, settings
-from burr_dist.connection import redact
+from burr_dist.cli.app import check_redis, main, settings
 from burr_dist.errors import ConfigurationError
+from burr_dist.transport.urls import redact
 
 BACKEND = "burr_dist.ui.backend.RedisBackend"
 # What the server imports, and the package each comes from (all installed by the `ui` extra).

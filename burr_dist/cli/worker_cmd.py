@@ -6,10 +6,10 @@ import logging
 
 import click
 
-from burr_dist.cli import LOG_LEVELS, check_redis, emit_json, import_registry, json_flag, main, settings
+from burr_dist.cli.app import LOG_LEVELS, check_redis, emit_json, import_registry, json_flag, main, settings
+from burr_dist.fleet.core import DEFAULT_QUEUE
 from burr_dist.keys import KeySchema
-from burr_dist.logs import FORMATS, configure
-from burr_dist.queue import DEFAULT_QUEUE
+from burr_dist.observability.logs import FORMATS, configure
 
 
 # -- worker -------------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def worker(
     Stops on SIGTERM/SIGINT: no new claims, running apps are handed back at their next step
     boundary; a second signal exits at once.
     """
-    from burr_dist.worker import Worker
+    from burr_dist.worker.process import Worker
 
     s = settings()
     configure(log_level, log_format)
@@ -165,7 +165,7 @@ def worker(
     )
     check_redis(s.url).close()
     if metrics_port is not None:
-        from burr_dist.metrics import WorkerMetrics  # prometheus_client only when asked for
+        from burr_dist.observability.metrics import WorkerMetrics  # prometheus_client only when asked for
 
         metrics = WorkerMetrics()
         metrics.attach(w)

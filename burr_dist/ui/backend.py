@@ -26,13 +26,13 @@ from burr.tracking.common.models import ApplicationModel, PointerModel
 from burr.tracking.server import schema
 from burr.tracking.server.backend import BackendBase, BurrSettings
 
-from burr_dist.connection import DEFAULT_URL
 from burr_dist.errors import SnapshotNotFound
+from burr_dist.fleet.client import FleetClient
 from burr_dist.keys import DEFAULT_BUCKETS, DEFAULT_PREFIX, DEFAULT_QUEUE_SHARDS
-from burr_dist.queue import FleetClient
-from burr_dist.store import StoreConfig
-from burr_dist.tracking import resolve_app
-from burr_dist.transport import Cmd
+from burr_dist.observability.tracking import resolve_app
+from burr_dist.store.core import StoreConfig
+from burr_dist.transport.connect import DEFAULT_URL
+from burr_dist.transport.core import Cmd
 from burr_dist.ui.view import AppView, _s, apps_of, projects, summary
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from burr_dist.tracking import WORKER_ATTRIBUTE
+from burr_dist.observability.tracking import WORKER_ATTRIBUTE
 
 
 def _s(value: Any) -> str:

@@ -26,8 +26,8 @@ import redis
 from burr.core import ApplicationBuilder, State, action, expr
 
 from burr_dist import Registry
-from burr_dist.chaos.history import HistoryRecorder, app_key
-from burr_dist.registry import AppContext, FleetEvent
+from burr_dist.fleet.registry import AppContext, FleetEvent
+from burr_dist.testing.history import HistoryRecorder, app_key
 
 POINTS = ("after_lease", "after_load", "before_commit", "before_release")
 

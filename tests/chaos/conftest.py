@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from burr_dist.embedded import EmbeddedServer, find_server_binary
+from burr_dist.testing.embedded import EmbeddedServer, find_server_binary
 from tests.chaos.harness import LARGE, RECOVERY_BOUND, RESULTS
 from tests.conftest import KINDS
 

@@ -19,8 +19,11 @@ from typing import Any, Protocol
 import redis
 from burr.core.state import State
 
-from burr_dist import FleetClient, codec
-from burr_dist.chaos.history import (
+from burr_dist import FleetClient
+from burr_dist.fleet.core import EnqueueRequest
+from burr_dist.store import codec
+from burr_dist.testing.embedded import EmbeddedServer
+from burr_dist.testing.history import (
     Anomaly,
     FinalState,
     HistoryRecorder,
@@ -32,8 +35,6 @@ from burr_dist.chaos.history import (
     state_digest,
     summary,
 )
-from burr_dist.embedded import EmbeddedServer
-from burr_dist.queue import EnqueueRequest
 from tests.support.fleet import WorkerProc, start_worker
 
 LARGE = os.environ.get("CHAOS_SIZE", "small") == "large"

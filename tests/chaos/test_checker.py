@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from burr_dist.chaos.history import (
+from burr_dist.testing.history import (
     Anomaly,
     Event,
     FinalState,

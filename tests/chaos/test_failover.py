@@ -27,11 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from burr_dist.chaos.history import Event, FinalState, Op, load_history, operations
 from burr_dist.cli import EXIT_STORE_REWOUND
-from burr_dist.embedded import EmbeddedServer, find_server_binary
-from burr_dist.topology_servers import EmbeddedCluster, EmbeddedSentinel
-from burr_dist.transport import slot_of
+from burr_dist.testing.embedded import EmbeddedServer, find_server_binary
+from burr_dist.testing.history import Event, FinalState, Op, load_history, operations
+from burr_dist.testing.sentinel import EmbeddedSentinel
+from burr_dist.testing.topologies import EmbeddedCluster
+from burr_dist.transport.core import slot_of
 from tests.chaos.harness import LARGE, TIMEOUT, ChaosRun, Report, size, spread
 from tests.conftest import KINDS
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from burr_dist.embedded import EmbeddedServer
+from burr_dist.testing.embedded import EmbeddedServer
 from tests.chaos.harness import LARGE, LEASE_TTL, ChaosRun, size, spread
 from tests.support.proxy import FaultProxy
 

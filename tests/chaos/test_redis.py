@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from burr_dist.chaos.history import load_history, operations
 from burr_dist.cli import EXIT_BAD_INPUT, EXIT_STORE_REWOUND
-from burr_dist.embedded import EmbeddedServer, find_server_binary
 from burr_dist.errors import ConfigurationError
-from burr_dist.worker import Worker
+from burr_dist.testing.embedded import EmbeddedServer, find_server_binary
+from burr_dist.testing.history import load_history, operations
+from burr_dist.worker.process import Worker
 from tests.chaos.apps import registry
 from tests.chaos.harness import LARGE, LEASE_TTL, RESULTS, ChaosRun, Row, size, spread
 from tests.conftest import KINDS

@@ -9,7 +9,7 @@ worker still believes it holds it: only the server-side fence protects the data)
 then another worker acquires: the classic zombie), and pause and replay (a commit ``Call`` built
 while holding the lease, sent later, possibly several times).
 
-The model predicts each outcome exactly as lease.py, persister.py, store.py and the Lua scripts
+The model predicts each outcome exactly as store/lease.py, store/persister.py, store/clients.py and the Lua scripts
 promise (token checked before the head; a replay of a committed write id is "replayed" while its
 snapshot is retained; the persister ignores a second save of the sequence it last saved), and the
 invariants compare head, state, every retained snapshot (content and write id), lease token, fence
@@ -50,13 +50,13 @@ from burr_dist import (
     SequenceConflict,
     SnapshotNotFound,
     StoreConfig,
-    codec,
 )
-from burr_dist.connection import connect
-from burr_dist.embedded import EmbeddedServer, find_server_binary
 from burr_dist.errors import BaseMoved
 from burr_dist.keys import AppKeys, KeySchema
-from burr_dist.store import Call, Committed
+from burr_dist.store import codec
+from burr_dist.store.core import Call, Committed
+from burr_dist.testing.embedded import EmbeddedServer, find_server_binary
+from burr_dist.transport.connect import connect
 from tests.chaos.harness import RESULTS, Row
 
 pytestmark = pytest.mark.chaos

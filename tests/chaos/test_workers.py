@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from burr_dist import FleetClient
-from burr_dist.chaos.history import load_history, operations
-from burr_dist.embedded import EmbeddedServer
+from burr_dist.testing.embedded import EmbeddedServer
+from burr_dist.testing.history import load_history, operations
 from tests.chaos.apps import POINTS
 from tests.chaos.harness import LARGE, LEASE_TTL, ChaosRun, Report, size, spread
 

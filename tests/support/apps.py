@@ -14,7 +14,7 @@ from burr.core import ApplicationBuilder, State, action, expr
 from burr.core.persistence import PersisterHook, PersisterHookAsync
 
 from burr_dist import AsyncRedisPersister, AsyncRedisStore, RedisPersister, RedisStore, StoreConfig
-from burr_dist.connection import aconnect, connect
+from burr_dist.transport.connect import aconnect, connect
 
 
 class Flaky:

@@ -34,9 +34,9 @@ from burr.core import ApplicationBuilder, State, action, expr
 
 from burr_dist import FleetClient, Registry, RetryPolicy
 from burr_dist.cli import EXIT_STORE_REWOUND
-from burr_dist.connection import connect
 from burr_dist.errors import StoreRewound
-from burr_dist.registry import AppContext, FleetEvent
+from burr_dist.fleet.registry import AppContext, FleetEvent
+from burr_dist.transport.connect import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS_KEY = "test:events"
@@ -66,7 +66,7 @@ def slow(ctx: AppContext) -> ApplicationBuilder:
     )
 
 
-_gate_client: Any = None  # a client of any topology (burr_dist.connection.connect)
+_gate_client: Any = None  # a client of any topology (burr_dist.transport.connect.connect)
 
 
 @action(reads=["gate", "calls"], writes=["calls", "result"])
@@ -254,7 +254,7 @@ def _install_event_hook(reg: Registry, url: str, key: str) -> None:
     """Push every fleet event onto ``key`` through burr_dist's own transport (any topology; redis-py's
     asyncio Cluster client, used concurrently by many tasks, loses and repeats commands)."""
     from burr_dist import AsyncRedisStore
-    from burr_dist.transport import Cmd
+    from burr_dist.transport.core import Cmd
 
     stores: dict[int, AsyncRedisStore] = {}
 
@@ -276,7 +276,7 @@ def _install_event_hook(reg: Registry, url: str, key: str) -> None:
 def main(argv: list[str]) -> int:
     import importlib
 
-    from burr_dist.worker import Worker
+    from burr_dist.worker.process import Worker
 
     config = json.loads(argv[0])
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung worker shows where, in its log
@@ -291,7 +291,7 @@ def main(argv: list[str]) -> int:
         _install_event_hook(reg, config["url"], config["events_key"])
     history = None
     if config.get("history_dir"):
-        from burr_dist.chaos.history import HistoryRecorder
+        from burr_dist.testing.history import HistoryRecorder
 
         history = HistoryRecorder(
             Path(config["history_dir"]) / f"{config['worker_id']}.jsonl", config["worker_id"]

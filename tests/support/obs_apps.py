@@ -13,7 +13,7 @@ import os
 from burr.core import ApplicationBuilder, State, action, expr
 
 from burr_dist import Registry, RetryPolicy
-from burr_dist.registry import AppContext
+from burr_dist.fleet.registry import AppContext
 
 registry = Registry()
 QUICK = RetryPolicy(max_attempts=2, initial_delay=0.05, max_delay=0.05)

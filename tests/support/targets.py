@@ -26,14 +26,15 @@ from urllib.parse import urlencode
 import redis
 
 from burr_dist.acl import SENTINEL_ACL_RULES, acl_rules, set_acl_user
-from burr_dist.embedded import (
+from burr_dist.testing.embedded import (
     EmbeddedServer,
     TLSFiles,
     find_server_binary,
     make_tls_files,
     tls_unsupported_reason,
 )
-from burr_dist.topology_servers import EmbeddedCluster, EmbeddedSentinel
+from burr_dist.testing.sentinel import EmbeddedSentinel
+from burr_dist.testing.topologies import EmbeddedCluster
 
 Env = EmbeddedServer | EmbeddedCluster | EmbeddedSentinel
 

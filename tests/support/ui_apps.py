@@ -8,7 +8,7 @@ from burr.core import ApplicationBuilder, State, action
 from burr.visibility import TracerFactory
 
 from burr_dist import Registry
-from burr_dist.registry import AppContext
+from burr_dist.fleet.registry import AppContext
 
 registry = Registry()
 

@@ -14,7 +14,7 @@ import time
 from burr.core import State
 
 from burr_dist import Lease, LeaseLost, RedisPersister, RedisStore, SequenceConflict, StoreConfig
-from burr_dist.connection import connect
+from burr_dist.transport.connect import connect
 
 EXIT_LEASE_LOST = 3
 EXIT_CONFLICT = 4

@@ -12,7 +12,7 @@ a queue shard's slot (keys.py). Cross-slot steps, and how a crash between them r
   A retried control request (lost reply) is recognised by its request id and not applied twice.
 * cancel of a queued app: (1) record cancelled, (2) ZREM from ``ready``. A crash after (1) leaves
   a ready entry; the worker that claims it finds the record cancelled and drops it.
-Worker-side steps are described in burr_dist/worker.py. With ``wait_replicas`` > 0 every step
+Worker-side steps are described in burr_dist/worker/process.py. With ``wait_replicas`` > 0 every step
 above is confirmed by WAIT on the node it wrote to before the call returns.
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from burr_dist.errors import AppNotFound, ConfigurationError, SnapshotNotFound
-from burr_dist.fleet_core import (
+from burr_dist.fleet.core import (
     DEFAULT_QUEUE,
     STATUSES,
     Enqueued,
@@ -34,8 +34,9 @@ from burr_dist.fleet_core import (
     parse_job,
 )
 from burr_dist.keys import partition_of
-from burr_dist.store import AsyncRedisStore, RedisStore, StoreConfig, _s
-from burr_dist.transport import Cmd
+from burr_dist.store.clients import AsyncRedisStore, RedisStore
+from burr_dist.store.core import StoreConfig, _s
+from burr_dist.transport.core import Cmd
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -65,7 +66,7 @@ class FleetClient(FleetCore, RedisStore):
 
     @classmethod
     def from_url(cls, url: str | None = None, **config: Any) -> FleetClient:
-        from burr_dist.connection import connect, resolve_target
+        from burr_dist.transport.connect import connect, resolve_target
 
         target = resolve_target(url)
         return cls(connect(target), StoreConfig.for_target(target, **config))
@@ -247,7 +248,7 @@ def _history(raw: dict[Any, Any], snaps_key: str, oldest: Any) -> list[dict[str,
 
     from burr.core.state import State
 
-    from burr_dist import codec
+    from burr_dist.store import codec
 
     low = int(oldest) if oldest is not None else 0
     out = []
@@ -269,7 +270,7 @@ class AsyncFleetClient(FleetCore, AsyncRedisStore):
 
     @classmethod
     def from_url(cls, url: str | None = None, **config: Any) -> AsyncFleetClient:
-        from burr_dist.connection import aconnect, resolve_target
+        from burr_dist.transport.connect import aconnect, resolve_target
 
         target = resolve_target(url)
         return cls(aconnect(target), StoreConfig.for_target(target, **config))

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from burr.core.persistence import AsyncBaseStatePersister, BaseStatePersister, PersistedStateData
 from burr.core.state import State
 
-from burr_dist import codec
-from burr_dist.deltas import Base
 from burr_dist.errors import (
     BaseMoved,
     ConfigurationError,
@@ -24,12 +22,16 @@ from burr_dist.errors import (
     SequenceConflict,
     StoreRewound,
 )
-from burr_dist.lease import LeaseCore
-from burr_dist.store import AsyncRedisStore, Call, Committed, RedisStore, Settle, StoreCore
+from burr_dist.observability.history import app_key, state_digest
+from burr_dist.store import codec
+from burr_dist.store.clients import AsyncRedisStore, RedisStore
+from burr_dist.store.core import Call, Committed, Settle, StoreCore
+from burr_dist.store.deltas import Base
+from burr_dist.store.lease_core import LeaseCore
 
 if TYPE_CHECKING:
-    from burr_dist.chaos.history import HistoryRecorder
-    from burr_dist.tracking import StepTracker
+    from burr_dist.observability.history import HistorySink
+    from burr_dist.observability.tracking import StepTracker
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class PersisterCore:
         # the same sequence is saved again.
         self._last_saved: tuple[str | None, str, int, str, str, dict[str, bytes]] | None = None
         self.last_commit: Committed | None = None
-        self.history: HistoryRecorder | None = None  # chaos runs: every commit's invoke/complete
+        self.history: HistorySink | None = None  # chaos runs: every commit's invoke/complete
         self._op: str | None = None
         # The delta base each commit in flight makes once accepted (by app and sequence: one
         # async persister may serve many apps at once).
@@ -89,8 +91,6 @@ class PersisterCore:
         self._last_saved = (partition_key, app_id, sequence_id, position, status, fields)
         self._tries = 0
         if self.history is not None:
-            from burr_dist.chaos.history import app_key, state_digest
-
             digest = state_digest(state.get_all())
             self._op = self.history.invoke(
                 "commit", app_key(partition_key, app_id), sequence_id - 1, sequence_id, digest

@@ -1,6 +1,6 @@
 """The sans-IO core of the state store: its configuration, the calls every state operation is
 built from (:class:`Call`: script, keys, args) and the pure readers of their replies.
-:class:`~burr_dist.store.RedisStore` and :class:`~burr_dist.store.AsyncRedisStore` send them.
+:class:`~burr_dist.store.clients.RedisStore` and :class:`~burr_dist.store.clients.AsyncRedisStore` send them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from burr_dist import codec, deltas
-from burr_dist.connection import RetryPolicy, is_transient
 from burr_dist.errors import (
     BaseMoved,
     ConfigurationError,
@@ -31,8 +29,10 @@ from burr_dist.errors import (
 )
 from burr_dist.keys import DEFAULT_BUCKETS, DEFAULT_QUEUE_SHARDS, AppKeys, KeySchema
 from burr_dist.scripts import LuaScript, script
-from burr_dist.transport import Cmd, Durability, evalsha
-from burr_dist.urls import RedisTarget
+from burr_dist.store import codec, deltas
+from burr_dist.transport.connect import RetryPolicy, is_transient
+from burr_dist.transport.core import Cmd, Durability, evalsha
+from burr_dist.transport.urls import RedisTarget
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ class StoreCore:
         track: tuple[bytes, bytes] | None = None,
     ) -> Call:
         """``track``: the step's tracking records and the app's graph (or b"") from
-        :meth:`burr_dist.tracking.StepTracker.take`, stored by the same script."""
+        :meth:`burr_dist.observability.tracking.StepTracker.take`, stored by the same script."""
         k = self.keys(partition_key, app_id)
         call = Call(
             script("commit"),

@@ -1,4 +1,4 @@
-"""The asyncio transport: :class:`AsyncTransport`, the twin of :class:`~burr_dist.transport.Transport`
+"""The asyncio transport: :class:`AsyncTransport`, the twin of :class:`~burr_dist.transport.sync.Transport`
 on the same sans-IO core (routing, confirmation and error handling: see transport.py), plus what
 only an event loop can do: round trips that concurrent callers ask of one node in one loop
 iteration share a pipeline (:class:`_SharedTrips`).
@@ -18,8 +18,8 @@ import redis
 import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
 
-from burr_dist.connection import RetryPolicy, is_transient
-from burr_dist.transport import (
+from burr_dist.transport.connect import RetryPolicy, is_transient
+from burr_dist.transport.core import (
     ASK_HOPS,
     COUNTS,
     BatchCore,

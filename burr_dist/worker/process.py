@@ -3,11 +3,11 @@
 :class:`Worker` owns the process's lifecycle (start checks, signals, hand-back on stop, exit on a
 rewound store) and composes three parts, each testable alone:
 
-* :class:`~burr_dist.claiming.Claimer`: which apps to claim (fairest queue shard first), their
+* :class:`~burr_dist.worker.claiming.Claimer`: which apps to claim (fairest queue shard first), their
   leases in one batch, waking up on enqueues, and the outbox of acks riding on its claims;
-* :class:`~burr_dist.running.ClaimRunner`: one claim from build to settle (where sync actions
-  run: :class:`~burr_dist.inline.InlinePolicy`);
-* :class:`~burr_dist.upkeep.Upkeep`: heartbeat, store epochs, claim deadlines, sweeps.
+* :class:`~burr_dist.worker.claim_runner.ClaimRunner`: one claim from build to settle (where sync actions
+  run: :class:`~burr_dist.worker.inline.InlinePolicy`);
+* :class:`~burr_dist.worker.upkeep.Upkeep`: heartbeat, store epochs, claim deadlines, sweeps.
 
 Their modules document the crash points of a claim and how each recovers.
 """
@@ -25,21 +25,22 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from burr_dist.claiming import Claim, Claimer, Refused
-from burr_dist.connection import aconnect, resolve_target
 from burr_dist.errors import BurrDistError, ConfigurationError, StoreRewound
-from burr_dist.inline import InlinePolicy
-from burr_dist.observe import NOOP, Observer, Recorder
-from burr_dist.queue import DEFAULT_QUEUE, AsyncFleetClient
-from burr_dist.registry import Registry
-from burr_dist.running import ClaimRunner
-from burr_dist.safety import check_eviction_policy, check_replicas
-from burr_dist.store import StoreConfig
-from burr_dist.transport import Cmd
-from burr_dist.upkeep import Upkeep
+from burr_dist.fleet.client import AsyncFleetClient
+from burr_dist.fleet.core import DEFAULT_QUEUE
+from burr_dist.fleet.registry import Registry
+from burr_dist.store.core import StoreConfig
+from burr_dist.transport.connect import aconnect, resolve_target
+from burr_dist.transport.core import Cmd
+from burr_dist.worker.claim_runner import ClaimRunner
+from burr_dist.worker.claiming import Claim, Claimer, Refused
+from burr_dist.worker.hooks import NOOP, Observer, Recorder
+from burr_dist.worker.inline import InlinePolicy
+from burr_dist.worker.safety import check_eviction_policy, check_replicas
+from burr_dist.worker.upkeep import Upkeep
 
 if TYPE_CHECKING:
-    from burr_dist.chaos.history import HistoryRecorder
+    from burr_dist.observability.history import HistorySink
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Worker:
         finished_ttl: float | None = None,
         worker_id: str | None = None,
         allow_evicting_redis: bool = False,
-        history: HistoryRecorder | None = None,
+        history: HistorySink | None = None,
         wait_replicas: int | None = None,
         wait_timeout_ms: int | None = None,
         observer: Observer | None = None,
@@ -112,7 +113,7 @@ class Worker:
         self.fatal: StoreRewound | None = None
         self.observer = observer or NOOP
         self.track = track  # Burr tracking records committed with each step (burr-dist ui)
-        # Sync actions faster than this run on the event loop (burr_dist/inline.py); 0: never.
+        # Sync actions faster than this run on the event loop (burr_dist/worker/inline.py); 0: never.
         self.inline = InlinePolicy(budget=inline_ms / 1000)
 
     @property

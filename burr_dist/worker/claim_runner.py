@@ -2,10 +2,10 @@
 the app (with its last commit when it can) and hand its queue ack to the worker's outbox.
 
 Where steps run: async actions on the event loop; sync actions on the loop too once the inline
-policy saw them fast in the thread pool, else in the pool (burr_dist/inline.py). Commits always
+policy saw them fast in the thread pool, else in the pool (burr_dist/worker/inline.py). Commits always
 go through the async persister on the loop: no sync client, no thread hop for I/O.
 
-Crash points after the lease (see burr_dist/claiming.py for those before it):
+Crash points after the lease (see burr_dist/worker/claiming.py for those before it):
 
 3. Mid-run: every committed step is durable; an uncommitted step is re-run by the next holder.
    A worker paused past its TTL cannot commit: commit.lua checks the lease token.
@@ -17,7 +17,7 @@ Crash points after the lease (see burr_dist/claiming.py for those before it):
    ready and the next claim reads a terminal or waiting record (acquire.lua: not runnable) and
    drops it, or a due queued record and runs it, which is what settle asked for. (The two cannot
    share a script: they are different slots, and an ack must not follow a refused settle. The
-   ack waits in the outbox for the worker's next claim round trip: burr_dist/claiming.py.)
+   ack waits in the outbox for the worker's next claim round trip: burr_dist/worker/claiming.py.)
 """
 
 from __future__ import annotations
@@ -33,20 +33,20 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from burr.core import Application
 
-from burr_dist.claiming import Claim, Outbox
 from burr_dist.errors import ConfigurationError, LeaseError, LeaseLost, SequenceConflict, StoreRewound
-from burr_dist.inline import InlinePolicy
-from burr_dist.lease import AsyncLease
-from burr_dist.observe import NOOP, Observer, Recorder
-from burr_dist.persister import AsyncLoadedState, AsyncRedisPersister, LoadedState
-from burr_dist.registry import AppContext, AppSpec, FleetEvent, Registry
-from burr_dist.store import Committed, Settle
-from burr_dist.trackers import resume_without_parent
-from burr_dist.tracking import StepTracker, StoredGraphs
-from burr_dist.transport import Cmd
+from burr_dist.fleet.registry import AppContext, AppSpec, FleetEvent, Registry
+from burr_dist.observability.burr_compat import resume_without_parent
+from burr_dist.observability.tracking import StepTracker, StoredGraphs
+from burr_dist.store.core import Committed, Settle
+from burr_dist.store.lease import AsyncLease
+from burr_dist.store.persister import AsyncLoadedState, AsyncRedisPersister, LoadedState
+from burr_dist.transport.core import Cmd
+from burr_dist.worker.claiming import Claim, Outbox
+from burr_dist.worker.hooks import NOOP, Observer, Recorder
+from burr_dist.worker.inline import InlinePolicy
 
 if TYPE_CHECKING:
-    from burr_dist.queue import AsyncFleetClient
+    from burr_dist.fleet.client import AsyncFleetClient
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class ClaimRunner:
         self.fleet = fleet
         self.outbox = outbox  # None: each ack is its own round trip
         self.track = track
-        self.inline = inline or InlinePolicy()  # where sync actions run: burr_dist/inline.py
+        self.inline = inline or InlinePolicy()  # where sync actions run: burr_dist/worker/inline.py
         self.registry = registry
         self._pool = pool
         self.id = worker_id
@@ -149,7 +149,7 @@ class ClaimRunner:
     def _fields(
         self, lease: AsyncLease, event: str, error: BaseException | str | None = None, **more: Any
     ) -> dict[str, Any]:
-        """``extra`` of a log record (burr_dist.logs): the event name and the app's ids
+        """``extra`` of a log record (burr_dist.observability.logs): the event name and the app's ids
         (``sequence_id=`` when the caller knows the app's head)."""
         return {"event": event, "app_id": lease.app_id, "partition_key": lease.partition_key,
                 "worker": self.id, "error": None if error is None else str(error), **more}  # fmt: skip

@@ -1,9 +1,9 @@
 """Redis clients for the three topologies, and what counts as a transient error.
 
-:func:`connect` / :func:`aconnect` take any URL of :mod:`burr_dist.urls` and return redis-py's
+:func:`connect` / :func:`aconnect` take any URL of :mod:`burr_dist.transport.urls` and return redis-py's
 client for it: ``Redis`` (one server, or the master a Sentinel names) or ``RedisCluster``.
 burr_dist's own per-step path does not go through the client's command wrappers; it uses
-:mod:`burr_dist.transport`, which routes by hash slot and confirms writes with WAIT.
+:mod:`burr_dist.transport.core`, which routes by hash slot and confirms writes with WAIT.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from burr_dist.errors import ConfigurationError, RedisUnavailable
-from burr_dist.urls import RedisTarget, parse_url, redact
+from burr_dist.transport.urls import RedisTarget, parse_url, redact
 
 __all__ = ["DEFAULT_URL", "TRANSIENT", "RetryPolicy", "aconnect", "connect", "is_transient", "redact"]
 

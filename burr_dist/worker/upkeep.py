@@ -22,11 +22,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from burr_dist.errors import NotDurable, StoreRewound
-from burr_dist.safety import EpochWatch
+from burr_dist.worker.safety import EpochWatch
 
 if TYPE_CHECKING:
-    from burr_dist.claiming import Claim
-    from burr_dist.queue import AsyncFleetClient
+    from burr_dist.fleet.client import AsyncFleetClient
+    from burr_dist.worker.claiming import Claim
 
 log = logging.getLogger(__name__)
 

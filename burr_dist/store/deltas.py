@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from burr.core.state import State
 
-from burr_dist import codec
+from burr_dist.store import codec
 
 KEYFRAME_RATIO = 1.0  # deltas since a keyframe may total this much of its size
 SMALL_STATE_BYTES = 1024  # below this a keyframe costs about as much as a delta: always full

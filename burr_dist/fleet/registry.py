@@ -74,7 +74,7 @@ class AppSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     queue: str = "default"
     # Sync actions that may block on I/O: always in the thread pool, never on the event loop
-    # (burr_dist/inline.py learns the others from their run times).
+    # (burr_dist/worker/inline.py learns the others from their run times).
     blocking: frozenset[str] = frozenset()
 
 

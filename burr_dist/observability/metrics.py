@@ -5,9 +5,9 @@ Only imported when metrics are asked for (``prometheus_client`` is not loaded ot
 the app's registered ``name``, ``queue``, ``outcome``/``status`` and error types: never an app id.
 
 A worker's metrics come from two sources: the registry's FleetEvent stream (apps settled by
-outcome, leases lost), and :class:`~burr_dist.observe.Observer` hooks for what an event does not
+outcome, leases lost), and :class:`~burr_dist.worker.hooks.Observer` hooks for what an event does not
 carry (commit latency, claims per queue, action failures, sequence conflicts). Redis retries and
-errors are read at scrape time from :data:`burr_dist.transport.COUNTS`.
+errors are read at scrape time from :data:`burr_dist.transport.core.COUNTS`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from burr_dist.errors import SequenceConflict
-from burr_dist.observe import Observer
-from burr_dist.registry import FleetEvent
-from burr_dist.transport import COUNTS
+from burr_dist.fleet.registry import FleetEvent
+from burr_dist.transport.core import COUNTS
+from burr_dist.worker.hooks import Observer
 
 if TYPE_CHECKING:
-    from burr_dist.queue import FleetClient
-    from burr_dist.worker import Worker
+    from burr_dist.fleet.client import FleetClient
+    from burr_dist.worker.process import Worker
 
 # FleetEvent kind -> the outcome label of burr_dist_apps_settled_total.
 OUTCOMES = {

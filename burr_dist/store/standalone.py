@@ -19,9 +19,10 @@ from typing import Any, Union
 
 from burr.core import Application, ApplicationBuilder, State
 
-from burr_dist.lease import DEFAULT_TTL, AsyncLease, Lease
-from burr_dist.persister import AsyncRedisPersister, RedisPersister
-from burr_dist.store import AsyncRedisStore, RedisStore
+from burr_dist.store.clients import AsyncRedisStore, RedisStore
+from burr_dist.store.lease import AsyncLease, Lease
+from burr_dist.store.lease_core import DEFAULT_TTL
+from burr_dist.store.persister import AsyncRedisPersister, RedisPersister
 
 Built = Union[Application, ApplicationBuilder]  # noqa: UP007 (a runtime alias on Python 3.10)
 Factory = Callable[[RedisPersister, str, "str | None"], Built]

@@ -16,8 +16,8 @@ import orjson
 from burr_dist.errors import AppNotFound, AppNotRunnable, ConfigurationError
 from burr_dist.keys import KeySchema, check_id, partition_of
 from burr_dist.scripts import script
-from burr_dist.store_core import Call, StoreCore, _s, scored
-from burr_dist.transport import Cmd
+from burr_dist.store.core import Call, StoreCore, _s, scored
+from burr_dist.transport.core import Cmd
 
 STATUSES = ("queued", "running", "waiting", "completed", "failed", "cancelled")
 DEFAULT_QUEUE = "default"

@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from burr_dist.acl import ACL_RULES, set_acl_user
-from burr_dist.embedded import (
+from burr_dist.testing.embedded import (
     FAST_REPLICATION,
     LOOPBACK,
     EmbeddedServer,
@@ -31,7 +31,7 @@ from burr_dist.embedded import (
     userinfo,
     wait_for,
 )
-from burr_dist.sentinel_servers import EmbeddedSentinel, SentinelServer
+from burr_dist.testing.sentinel import EmbeddedSentinel, SentinelServer
 
 CLUSTER_SLOTS = 16384
 HOST = LOOPBACK

@@ -14,10 +14,8 @@ from typing import Any
 from burr.core.persistence import PersistedStateData
 from tenacity import AsyncRetrying, Retrying
 
-from burr_dist.async_transport import AsyncTransport
-from burr_dist.connection import aconnect, connect, is_transient, resolve_target
 from burr_dist.errors import RedisUnavailable
-from burr_dist.store_core import (
+from burr_dist.store.core import (
     DEFAULT_KEEP,
     DURABLE_SCRIPTS,
     JOB_FIELDS,
@@ -32,7 +30,10 @@ from burr_dist.store_core import (
     _s,
     scored,
 )
-from burr_dist.transport import Cmd, Transport
+from burr_dist.transport.aio import AsyncTransport
+from burr_dist.transport.connect import aconnect, connect, is_transient, resolve_target
+from burr_dist.transport.core import Cmd
+from burr_dist.transport.sync import Transport
 
 __all__ = [
     "DEFAULT_KEEP",

@@ -1,6 +1,6 @@
 """Sentinel-managed replication built from :class:`EmbeddedServer` processes on free loopback
 ports: a master, its replicas and the sentinels that fail it over. Import it from
-``burr_dist.topology_servers`` with the cluster.
+``burr_dist.testing.topologies`` with the cluster.
 
 The sentinels' config names the other sentinels and the replicas up front (``known-sentinel``,
 ``known-replica``), so a fresh setup is ready as soon as the links are up instead of after a
@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import redis
 
-from burr_dist.embedded import (
+from burr_dist.testing.embedded import (
     FAST_REPLICATION,
     LOOPBACK,
     EmbeddedServer,

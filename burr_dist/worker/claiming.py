@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from burr_dist.errors import AppNotRunnable, CorruptSnapshot, LeaseNotHeld
-from burr_dist.lease import AsyncLease
-from burr_dist.transport import Cmd
+from burr_dist.store.lease import AsyncLease
+from burr_dist.transport.core import Cmd
 
 if TYPE_CHECKING:
-    from burr_dist.queue import AsyncFleetClient
+    from burr_dist.fleet.client import AsyncFleetClient
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Refused:
 class Outbox:
     """The queue side of settled claims (ack.lua, and the expiry of a finished app's keys), sent
     with the worker's next claim round trip instead of one of their own. Only what follows a
-    successful settle goes in here (an ack must never follow a refused one: burr_dist/running.py).
+    successful settle goes in here (an ack must never follow a refused one: burr_dist/worker/claim_runner.py).
     A claim round follows every settle (the finished claim freed a slot), and a stopping worker
     flushes what is left; if it dies first, the entries expire and are swept, as for a crash."""
 

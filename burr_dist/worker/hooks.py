@@ -1,7 +1,7 @@
-"""Where the worker reports what a :class:`~burr_dist.registry.FleetEvent` does not carry: commit
+"""Where the worker reports what a :class:`~burr_dist.fleet.registry.FleetEvent` does not carry: commit
 latency, claims per queue, action failures, sequence conflicts. The base class does nothing (a
 worker without ``--metrics-port`` pays one no-op call per step and never imports
-``prometheus_client``); :class:`burr_dist.metrics.WorkerMetrics` fills it in. And
+``prometheus_client``); :class:`burr_dist.observability.metrics.WorkerMetrics` fills it in. And
 :class:`Recorder`: the lease operations of chaos runs, for their history checker.
 """
 
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from burr_dist.observability.history import app_key, state_digest
+
 if TYPE_CHECKING:
-    from burr_dist.chaos.history import HistoryRecorder
-    from burr_dist.lease import AsyncLease
+    from burr_dist.observability.history import HistorySink
+    from burr_dist.store.lease import AsyncLease
 
 
 class Observer:
@@ -35,9 +37,9 @@ NOOP = Observer()
 
 
 class Recorder:
-    """Chaos-run histories of lease operations (a no-op without a HistoryRecorder)."""
+    """Chaos-run histories of lease operations (a no-op without a history sink)."""
 
-    def __init__(self, history: HistoryRecorder | None) -> None:
+    def __init__(self, history: HistorySink | None) -> None:
         self.history = history
 
     def invoke(self, op: str, lease: AsyncLease) -> str | None:
@@ -46,15 +48,11 @@ class Recorder:
     def invoke_app(self, op: str, partition_key: str | None, app_id: str) -> str | None:
         if self.history is None:
             return None
-        from burr_dist.chaos.history import app_key
-
         return self.history.invoke(op, app_key(partition_key, app_id))
 
     def complete(self, op_id: str | None, outcome: Any, lease: AsyncLease | None = None) -> None:
         if self.history is None or op_id is None:
             return
-        from burr_dist.chaos.history import state_digest
-
         head = lease.head if lease is not None else None
         if head is None:
             self.history.complete(op_id, outcome)

