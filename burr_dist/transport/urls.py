@@ -19,6 +19,7 @@ Passwords never leave this module in clear: :func:`redact` is what logs and erro
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -45,6 +46,7 @@ _STR_OPTIONS = (
 )  # fmt: skip
 _SECRET_OPTIONS = ("sentinel_password",)
 _CERT_REQS = ("required", "optional", "none")
+_BOOLEANS = frozenset({"1", "0", "true", "false", "yes", "no"})
 
 
 @dataclass(frozen=True)
@@ -90,16 +92,23 @@ class RedisTarget:
 
 
 def redact(url: str) -> str:
-    """The URL with its password (and any secret option) replaced by ``***``."""
-    m = re.match(r"^([a-z+]+://)([^@/]*@)?(.*)$", url, re.IGNORECASE)
-    if m is None:
+    """The URL with its password (and any secret option) replaced by ``***``. It splits the URL
+    the way :func:`parse_url` does, so whatever that would read as a password is hidden."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    scheme, userinfo, rest = m.group(1), m.group(2) or "", m.group(3)
-    if ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***@"
+    rest, q, query = rest.partition("?")
+    userinfo, at, location = rest.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
     for name in _SECRET_OPTIONS:
-        rest = re.sub(rf"({name}=)[^&]*", r"\1***", rest)
-    return scheme + userinfo + rest
+        query = re.sub(rf"(^|&)({name}=)[^&]*", r"\1\2***", query)
+    return f"{scheme}{sep}{userinfo}{at}{location}{q}{query}"
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() and int() also take other scripts' digits and superscripts."""
+    return re.fullmatch(r"[0-9]{1,18}", text) is not None
 
 
 def _bad(url: str, why: str, **context: Any) -> ConfigurationError:
@@ -115,55 +124,73 @@ def _host_port(url: str, item: str) -> tuple[str, int]:
             host, port = item, "6379"
     if not host:
         raise _bad(url, f"empty host in {item!r}")
-    try:
-        number = int(port)
-    except ValueError:
-        raise _bad(url, f"port of {item!r} is not a number") from None
+    if not _is_number(port):
+        raise _bad(url, f"port of {item!r} is not a number")
+    number = int(port)
     if not 0 < number < 65536:
         raise _bad(url, f"port of {item!r} is out of range")
     return host, number
 
 
+def _userinfo(rest: str) -> tuple[str | None, str | None, str]:
+    """(username, password, location) of the part after ``scheme://``."""
+    userinfo, at, location = rest.rpartition("@")
+    if not at:
+        return None, None, rest
+    user, colon, secret = userinfo.partition(":")
+    return unquote(user) or None, (unquote(secret) if colon else None), location
+
+
+def _option(url: str, name: str, value: str) -> Any:
+    if name in _INT_OPTIONS:
+        if not _is_number(value):
+            raise _bad(url, f"option {name} must be an integer >= 0, got {value!r}", option=name)
+        return int(value)
+    if name in _FLOAT_OPTIONS:
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise _bad(url, f"option {name} must be a number, got {value!r}", option=name) from None
+        if not math.isfinite(seconds) or seconds <= 0:  # redis-py would block for ever or fail late
+            raise _bad(
+                url, f"option {name} must be a finite number of seconds > 0, got {value!r}", option=name
+            )
+        return seconds
+    if name in _STR_OPTIONS:
+        if name == "ssl_cert_reqs" and value not in _CERT_REQS:
+            raise _bad(url, f"ssl_cert_reqs must be one of {_CERT_REQS}, got {value!r}", option=name)
+        if name == "ssl_check_hostname" and value.lower() not in _BOOLEANS:
+            raise _bad(
+                url, f"ssl_check_hostname must be one of {sorted(_BOOLEANS)}, got {value!r}", option=name
+            )
+        return value.lower() if name == "ssl_check_hostname" else value
+    raise _bad(url, f"unknown option {name!r}", option=name)
+
+
+def _options(url: str, query: str, tls: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name in options:  # which one would win is not obvious to whoever reads the URL
+            raise _bad(url, f"option {name!r} is given twice", option=name)
+        options[name] = _option(url, name, value)
+    if any(n.startswith("ssl_") for n in options) and not tls:
+        raise _bad(url, "ssl_* options need a TLS scheme (rediss://, rediss+cluster://, rediss+sentinel://)")
+    return options
+
+
 def parse_url(url: str) -> RedisTarget:
     """Parse and validate a Redis URL; errors name what is wrong (with the password redacted)."""
     if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError(f"invalid Redis URL {url!r}: expected scheme://...", url=url)
-    scheme = url.split("://", 1)[0].lower()
+        shown = str(url) if "@" not in str(url) else "***@" + str(url).rpartition("@")[2]
+        raise ConfigurationError(f"invalid Redis URL {shown!r}: expected scheme://...", url=shown)
+    scheme, rest = url.split("://", 1)
+    scheme = scheme.lower()
     if scheme not in _SCHEMES:
         raise _bad(url, f"unknown scheme {scheme!r}; use one of {', '.join(_SCHEMES)}", scheme=scheme)
     topology, tls = _SCHEMES[scheme]
-    rest = url.split("://", 1)[1]
     rest, _, query = rest.partition("?")
-    userinfo, at, location = rest.rpartition("@")
-    if not at:
-        userinfo, location = "", rest
-    username = password = None
-    if userinfo:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-    options: dict[str, Any] = {}
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name in _INT_OPTIONS:
-            try:
-                options[name] = int(value)
-            except ValueError:
-                raise _bad(url, f"option {name} must be an integer, got {value!r}", option=name) from None
-            if options[name] < 0:
-                raise _bad(url, f"option {name} must be >= 0, got {value!r}", option=name)
-        elif name in _FLOAT_OPTIONS:
-            try:
-                options[name] = float(value)
-            except ValueError:
-                raise _bad(url, f"option {name} must be a number, got {value!r}", option=name) from None
-        elif name in _STR_OPTIONS:
-            if name == "ssl_cert_reqs" and value not in _CERT_REQS:
-                raise _bad(url, f"ssl_cert_reqs must be one of {_CERT_REQS}", option=name)
-            options[name] = value
-        else:
-            raise _bad(url, f"unknown option {name!r}", option=name)
-    if any(n.startswith("ssl_") for n in options) and not tls:
-        raise _bad(url, "ssl_* options need a TLS scheme (rediss://, rediss+cluster://, rediss+sentinel://)")
+    username, password, location = _userinfo(rest)
+    options = _options(url, query, tls)
     db = options.pop("db", 0)
     common: dict[str, Any] = {"tls": tls, "username": username, "password": password, "redacted": redact(url)}
     if scheme == "unix":
@@ -176,22 +203,36 @@ def parse_url(url: str) -> RedisTarget:
     hosts = tuple(_host_port(url, h) for h in hosts_part.split(","))
     segments = [s for s in path.split("/") if s]
     if topology == "single":
-        if len(hosts) > 1:
-            raise _bad(url, "several hosts need redis+cluster:// or redis+sentinel://")
-        if segments:
-            if len(segments) > 1 or not segments[0].isdigit():
-                raise _bad(url, f"path {path!r} is not a database number")
-            db = int(segments[0])
-        return RedisTarget("single", hosts=hosts, db=db, options=options, **common)
+        return _single(url, hosts, segments, db, options, common)
     if topology == "cluster":
         if segments:
             raise _bad(url, "a Cluster URL has no path (Cluster has only database 0)")
         if db:
             raise _bad(url, "Redis Cluster has only database 0")
         return RedisTarget("cluster", hosts=hosts, db=0, options=options, **common)
+    return _sentinel(url, hosts, segments, path, db, options, common)
+
+
+def _single(
+    url: str, hosts: tuple[tuple[str, int], ...], segments: list[str], db: int, options: dict[str, Any],
+    common: dict[str, Any],
+) -> RedisTarget:  # fmt: skip
+    if len(hosts) > 1:
+        raise _bad(url, "several hosts need redis+cluster:// or redis+sentinel://")
+    if segments:
+        if len(segments) > 1 or not _is_number(segments[0]):
+            raise _bad(url, f"path {'/'.join(segments)!r} is not a database number")
+        db = int(segments[0])
+    return RedisTarget("single", hosts=hosts, db=db, options=options, **common)
+
+
+def _sentinel(
+    url: str, hosts: tuple[tuple[str, int], ...], segments: list[str], path: str, db: int,
+    options: dict[str, Any], common: dict[str, Any],
+) -> RedisTarget:  # fmt: skip
     if not segments:
         raise _bad(url, "a Sentinel URL names its service: redis+sentinel://host:port/service_name")
-    if len(segments) > 2 or (len(segments) == 2 and not segments[1].isdigit()):
+    if len(segments) > 2 or (len(segments) == 2 and not _is_number(segments[1])):
         raise _bad(url, f"path {path!r} is not service_name[/db]")
     if len(segments) == 2:
         db = int(segments[1])
