@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -62,19 +61,23 @@ async def _aroundtrip(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     for each). A timeout fails the round trip with ``redis.TimeoutError``;
     the caller drops the connection, as redis-py would."""
     limit = conn.socket_timeout
-    # inf: no timer of its own. Only under our deadline: redis-py answers None to a read that
-    # raised TimeoutError when given a timeout, and a socket's ETIMEDOUT is one; without a socket
-    # timeout it raises (and drops the connection), as it always did.
-    per_read = math.inf if limit else None
     out: list[Any] = []
     try:
         async with _deadline(limit) if limit else contextlib.nullcontext():
             await conn.send_packed_command(_apack(conn, commands))
-            for _ in commands:
-                try:
-                    out.append(await conn.read_response(timeout=per_read))
-                except redis.ResponseError as e:
-                    out.append(e)
+            # The reads run with no socket timeout of redis-py's own (the connection is ours until
+            # it goes back to the pool). Any explicit timeout= would make redis-py before 8.2
+            # answer None to a read whose socket failed with the OS's ETIMEDOUT, leaving the
+            # connection open and its replies out of step; with none, it raises and disconnects.
+            conn.socket_timeout = None
+            try:
+                for _ in commands:
+                    try:
+                        out.append(await conn.read_response())
+                    except redis.ResponseError as e:
+                        out.append(e)
+            finally:
+                conn.socket_timeout = limit
     except asyncio.TimeoutError:
         raise redis.TimeoutError(
             f"no reply to {len(commands)} commands within the socket timeout ({limit} s)"
