@@ -189,10 +189,6 @@ class KeySchema:
     def bucket_tag(self, bucket: int) -> str:
         return f"{self.prefix}:{{{spread_tags(self.buckets)[bucket]}}}"
 
-    def bucket_tags(self) -> list[str]:
-        """The ``prefix:{T}`` head of every bucket, in bucket order."""
-        return [self.bucket_tag(b) for b in range(self.buckets)]
-
     def partition_index(self, partition_key: str | None, bucket: int) -> str:
         return f"{self.bucket_tag(bucket)}:{encode_id(partition_of(partition_key))}:apps"
 
