@@ -84,17 +84,27 @@ def test_load_unknown_app_returns_none(d: Driver) -> None:
     assert d.call(p.load, PK, None) is None
 
 
-def test_load_of_a_sequence_not_retained_raises(d: Driver) -> None:
+def test_load_of_a_sequence_not_retained_returns_none(d: Driver) -> None:
+    """Burr's loader contract: a sequence never saved, or trimmed by keep, loads as None (so
+    initialize_from(fork_from_sequence_id=...) falls back to the defaults); load_or_raise names
+    the retained range instead."""
     p = d.persister(keep=3)
     app = d.app(p, "a1", PK, limit=10)
     d.steps(app, 6)  # sequences 0..5; 3..5 retained
     for missing in (0, 2, 6, 99):
-        with pytest.raises(SnapshotNotFound) as ei:
-            d.call(p.load, PK, "a1", missing)
+        assert d.call(p.load, PK, "a1", missing) is None
+        with pytest.raises(
+            SnapshotNotFound, match=rf"no snapshot {missing}: retained sequences are 3\.\.5"
+        ) as ei:
+            d.call(p.load_or_raise, PK, "a1", missing)
         assert ei.value.sequence_id == missing
         assert ei.value.oldest == 3
         assert ei.value.head == 5
     assert d.call(p.load, PK, "a1", 3)["state"]["n"] == 4
+    assert d.call(p.load_or_raise, PK, "a1", 3)["state"]["n"] == 4
+    with pytest.raises(SnapshotNotFound, match="has no committed step") as ei:
+        d.call(p.load_or_raise, PK, "ghost")
+    assert ei.value.head is None
 
 
 def test_list_app_ids_newest_first_by_first_commit(d: Driver) -> None:
@@ -256,10 +266,10 @@ def test_retention_keeps_last_n(d: Driver, client: redis.Redis, keep: int) -> No
 @pytest.mark.parametrize(
     "bad",
     [
-        pytest.param({"s": {1, 2}}, id="set"),
-        pytest.param({"t": (1, 2)}, id="tuple"),
+        pytest.param({"o": object()}, id="object"),
+        pytest.param({"t": (1, object())}, id="object-in-tuple"),
         pytest.param({"x": math.nan}, id="nan"),
-        pytest.param({"deep": {"list": [1, {"s": {3}}]}}, id="nested-set"),
+        pytest.param({"deep": {"list": [1, {"s": {3, math.inf}}]}}, id="nested-inf-in-set"),
         pytest.param({"big": "x" * 5000}, id="too-large"),
     ],
 )

@@ -28,6 +28,7 @@ from burr_dist.cli.app import (
 )
 from burr_dist.errors import BurrDistError
 from burr_dist.fleet.core import DEFAULT_QUEUE, STATUSES, Enqueued, EnqueueRequest
+from burr_dist.fleet.core import state_values as fleet_state_values
 
 
 # -- enqueue --------------------------------------------------------------------------------------------
@@ -51,7 +52,10 @@ def _enqueued_text(res: Enqueued) -> str:
     "--app-id", default=None, help="[default: generated]; enqueueing an existing id changes nothing."
 )
 @partition_option
-@click.option("--state", default=None, metavar="JSON", help="Initial state (a JSON object, or @file).")
+@click.option(
+    "--state", default=None, metavar="JSON",
+    help="Initial state as Burr serializes it (a JSON object, or @file); typed values use Burr's serde records.",
+)  # fmt: skip
 @click.option(
     "--inputs", default=None, metavar="JSON", help="Inputs of the first step (JSON object, or @file)."
 )
@@ -85,6 +89,9 @@ def enqueue(
         spec = import_registry(module).get(name)  # ConfigurationError for an unknown name
         queue = queue or spec.queue
     queue = queue or DEFAULT_QUEUE
+    # --state is a state as Burr serializes it: read back with State.deserialize (after --module
+    # imported the serdes it may register), then checked and encoded as a commit would be.
+    state_values = None if state_obj is None else fleet_state_values(state_obj, "--state")
 
     def requests(n: int) -> list[EnqueueRequest]:
         return [
@@ -92,7 +99,7 @@ def enqueue(
                 name,
                 app_id,
                 partition_key=partition_key,
-                state=state_obj,
+                state=state_values,
                 inputs=inputs_obj,
                 entrypoint=entrypoint,
                 delay=delay,

@@ -64,13 +64,6 @@ class FleetClient(FleetCore, RedisStore):
     def __init__(self, client: Any, config: StoreConfig | None = None) -> None:
         RedisStore.__init__(self, client, config)
 
-    @classmethod
-    def from_url(cls, url: str | None = None, **config: Any) -> FleetClient:
-        from burr_dist.transport.connect import connect, resolve_target
-
-        target = resolve_target(url)
-        return cls(connect(target), StoreConfig.for_target(target, **config))
-
     def enqueue(
         self, name: str, app_id: str | None = None, *, partition_key: str | None = None, **kw: Any
     ) -> Enqueued:
@@ -124,11 +117,14 @@ class FleetClient(FleetCore, RedisStore):
         """Queue a new app that continues from ``app_id``'s snapshot ``at`` (head when None).
         The new app lives in the same partition."""
         job = self.job(app_id, partition_key=partition_key)
-        found = self.load(partition_of(partition_key), app_id, at)
-        if found is None:
+        try:
+            found = self.load_or_raise(partition_of(partition_key), app_id, at)
+        except SnapshotNotFound as e:
+            if e.context.get("head") is not None:
+                raise  # names the retained range
             raise SnapshotNotFound(
                 f"app {app_id!r} has no committed step to fork from", app_id=app_id, sequence_id=at
-            )
+            ) from None
         return self.enqueue(
             job["name"], new_app_id, partition_key=partition_key, queue=job.get("queue") or DEFAULT_QUEUE,
             fork_from=(partition_of(partition_key), app_id, found["sequence_id"]),
@@ -267,13 +263,6 @@ class AsyncFleetClient(FleetCore, AsyncRedisStore):
 
     def __init__(self, client: Any, config: StoreConfig | None = None) -> None:
         AsyncRedisStore.__init__(self, client, config)
-
-    @classmethod
-    def from_url(cls, url: str | None = None, **config: Any) -> AsyncFleetClient:
-        from burr_dist.transport.connect import aconnect, resolve_target
-
-        target = resolve_target(url)
-        return cls(aconnect(target), StoreConfig.for_target(target, **config))
 
     async def enqueue(
         self, name: str, app_id: str | None = None, *, partition_key: str | None = None, **kw: Any

@@ -12,10 +12,12 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import orjson
+from burr.core.state import State
 
-from burr_dist.errors import AppNotFound, AppNotRunnable, ConfigurationError
+from burr_dist.errors import AppNotFound, AppNotRunnable, ConfigurationError, SerializationError
 from burr_dist.keys import KeySchema, check_id, partition_of
 from burr_dist.scripts import script
+from burr_dist.store import codec
 from burr_dist.store.core import Call, StoreCore, _s, scored
 from burr_dist.transport.core import Cmd
 
@@ -40,6 +42,57 @@ def json_object(value: Any, what: str) -> bytes:
         raise ConfigurationError(f"{what} cannot be encoded as JSON: {e}", field=what) from e
 
 
+def state_values(serialized: Any, what: str) -> dict[str, Any]:
+    """A state as Burr serializes it (a JSON object, or its text), deserialized the way Burr
+    loads one (``State.deserialize``: field serde, type serde, our exact types)."""
+    if isinstance(serialized, (str, bytes)):
+        try:
+            serialized = orjson.loads(serialized)  # refuses NaN and Infinity literals
+        except orjson.JSONDecodeError as e:
+            raise ConfigurationError(f"{what} is not valid JSON: {e}", field=what) from e
+    if not isinstance(serialized, dict):
+        raise ConfigurationError(f"{what} must be a JSON object, got {type(serialized).__name__}", field=what)
+    try:
+        return State.deserialize(serialized).get_all()
+    except ValueError as e:  # Burr names the field: "Failed to deserialize state field 'x': ..."
+        raise ConfigurationError(
+            f"{what}: {e} (import the module that registers its serde, e.g. with --module)", field=what
+        ) from e
+
+
+def encode_state(values: Any, what: str, *, max_bytes: int) -> bytes:
+    """An enqueue's initial state, checked and encoded by the snapshot codec (what a commit of
+    it would store: exact types, NaN refused, a field serde applied), within ``max_bytes``.
+    ``values``: the state's values (a dict or a State), or its serialized JSON text."""
+    if values is None:
+        return b""
+    if isinstance(values, (str, bytes)):
+        values = state_values(values, what)
+    elif isinstance(values, State):
+        values = values.get_all()
+    if not isinstance(values, dict):
+        raise ConfigurationError(f"{what} must be a dict of fields, got {type(values).__name__}", field=what)
+    bad = [k for k in values if not isinstance(k, str)]
+    if bad:
+        raise ConfigurationError(f"{what}: field names are strings, got {bad[0]!r}", field=what)
+    try:
+        blob = orjson.dumps(codec.fields_doc(codec.encode_fields(values)))
+    except SerializationError as e:
+        raise SerializationError(f"{what}: {e}", **e.context) from e
+    if len(blob) > max_bytes:
+        raise SerializationError(
+            f"{what} is {len(blob)} bytes, over the limit of {max_bytes} (max_state_bytes)",
+            size=len(blob), limit=max_bytes,
+        )  # fmt: skip
+    return blob
+
+
+def job_state(raw: str | bytes | None) -> dict[str, Any]:
+    """An enqueued state as the values the app starts with (``State.deserialize`` of what
+    ``encode_state`` stored): what a worker merges over the registered default state."""
+    return state_values(raw, "the enqueued state") if raw else {}
+
+
 @dataclass(frozen=True)
 class Enqueued:
     app_id: str
@@ -61,7 +114,9 @@ class EnqueueRequest:
     app_id: str | None = None
     _: KW_ONLY
     partition_key: str | None = None
-    state: dict[str, Any] | None = None
+    # The initial state's values (Burr serde, field serde and exact types apply, as at a commit),
+    # or its serialized JSON text (deserialized with State.deserialize first).
+    state: dict[str, Any] | str | bytes | None = None
     inputs: dict[str, Any] | None = None
     entrypoint: str | None = None
     delay: float = 0.0
@@ -83,7 +138,9 @@ class FleetCore(StoreCore):
         self.schema.queue_shard(req.queue, 0)  # validates the name
         fields: list[str | bytes] = [
             "name", req.name, "queue", req.queue, "app_id", app_id, "partition_key", pk,
-            "state", json_object(req.state, "state"), "inputs", json_object(req.inputs, "inputs"),
+            "state", encode_state(req.state, f"the state of {req.name!r} app {app_id!r}",
+                                  max_bytes=self.config.max_state_bytes),
+            "inputs", json_object(req.inputs, "inputs"),
             "entrypoint", req.entrypoint or "",
         ]  # fmt: skip
         if req.inputs is not None:

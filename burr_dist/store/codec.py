@@ -23,7 +23,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from datetime import time as dtime
+from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from burr.core import serde
@@ -31,6 +34,7 @@ from burr.core.persistence import PersistedStateData
 from burr.core.state import FIELD_SERIALIZATION, State
 
 from burr_dist.errors import CorruptSnapshot, SerializationError
+from burr_dist.store import serde_types
 
 FORMAT_VERSION = 2  # what this version writes (StoreConfig.snapshot_format can ask for 1)
 READABLE_VERSIONS = (1, 2)
@@ -40,6 +44,7 @@ NO_BASE = "-" * 16
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 _LOSSY = serde.serialize.dispatch(object)
+_PRIMITIVE = serde.serialize.dispatch(int)
 MARKER = serde.KEY  # "__burr_serde__": the key Burr's deserializer dispatches on
 _PLAIN = (str, int, bool, type(None))
 
@@ -48,48 +53,87 @@ def new_write_id() -> str:
     return os.urandom(8).hex()
 
 
+def _refuse(path: str, why: str, kind: type | None = None) -> SerializationError:
+    if kind is None:
+        return SerializationError(f"state field {path!r} {why}", field=path)
+    return SerializationError(f"state field {path!r} {why}", field=path, type_name=kind.__name__)
+
+
 def check_value(value: Any, path: str, *, serialized: bool = False) -> bool:
-    """Refuse what JSON (or Burr's serde) cannot carry back unchanged, naming the field. True when
-    ``value`` is plain JSON all the way down (exact types): Burr's serialize returns an equal copy
-    of it. ``serialized``: ``value`` is the output of a serde (its marker key is Burr's own)."""
+    """Refuse what cannot come back unchanged, naming the field path and type. True when
+    ``value`` is plain JSON all the way down (exact types): it is stored as it is, with no serde.
+
+    ``serialized``: ``value`` is the output of a serde, which must be plain JSON (its marker key
+    is Burr's own). Otherwise containers are walked with their items, the exact types of
+    serde_types.py are accepted, and any other type must have a serde of its own."""
     kind = type(value)
     if kind in _PLAIN:
         return True
     if kind is float:
         if not math.isfinite(value):
-            raise SerializationError(
-                f"state field {path!r} is {value!r}, which JSON cannot represent", field=path
-            )
+            raise _refuse(path, f"is {value!r}, which JSON cannot represent")
         return True
-    if kind is dict:
-        if not serialized and MARKER in value:
-            raise SerializationError(
-                f"state field {path!r} is a dict with the key {MARKER!r}, which Burr's serde reserves "
-                "for its own records (it could not be loaded back); rename the key",
-                field=path,
-            )
+    if kind is dict:  # inlined, not a helper call: this loop is the per-step cost of plain state
         plain = True
         for k, v in value.items():
-            if not isinstance(k, str):
-                raise SerializationError(
-                    f"state field {path!r} has a non-string key {k!r}; JSON object keys are strings",
-                    field=path,
-                )
+            if type(k) is not str:
+                return _check_keyed(value, path, serialized)
             plain = check_value(v, f"{path}.{k}", serialized=serialized) and plain
+        if not serialized and MARKER in value:
+            raise _refuse(path, f"is a dict with the key {MARKER!r}, which Burr's serde reserves "
+                          "for its own records (it could not be loaded back); rename the key")  # fmt: skip
         return plain
     if kind is list:
         plain = True
         for i, v in enumerate(value):
             plain = check_value(v, f"{path}[{i}]", serialized=serialized) and plain
         return plain
-    if serialized or serde.serialize.dispatch(kind) is _LOSSY:
-        raise SerializationError(
-            f"state field {path!r} holds a {kind.__name__}, which Burr's serde would store as "
-            f"str(value) and lose; convert it to JSON types or register a burr serde for it",
-            field=path,
-            type_name=kind.__name__,
-        )
+    if serialized:
+        raise _refuse(path, f"holds a {kind.__name__} in the output of its serde, which must return "
+                      "JSON types (str, int, float, bool, None, list, dict with str keys)", kind)  # fmt: skip
+    _check_exact(value, kind, path)
     return False
+
+
+def _check_keyed(value: dict[Any, Any], path: str, serialized: bool) -> bool:
+    """A dict with a key that is not a str: stored as its (key, value) pairs (serde_types)."""
+    if serialized:
+        key = next(k for k in value if type(k) is not str)
+        raise _refuse(path, f"has the non-string key {key!r} in the output of its serde; JSON "
+                      "object keys are strings", type(key))  # fmt: skip
+    for k, v in value.items():
+        check_value(k, f"{path}[key {k!r}]")
+        check_value(v, f"{path}[{k!r}]")
+    return False
+
+
+def _check_exact(value: Any, kind: type, path: str) -> None:
+    """A value that is not plain JSON: one of the exact types, or one with a serde of its own."""
+    fn = serde.serialize.dispatch(kind)
+    if kind in serde_types.EXACT_TYPES and fn is serde_types.EXACT_TYPES[kind]:
+        if kind in (tuple, set, frozenset):
+            for i, v in enumerate(value):
+                check_value(v, f"{path}[{i}]")
+        elif kind is Decimal and not value.is_finite():
+            raise _refuse(path, f"is Decimal({str(value)!r}); NaN and infinity are refused", kind)
+        elif kind in (datetime, dtime) and not _known_tz(value.tzinfo):
+            raise _refuse(path, f"holds a {kind.__name__} whose tzinfo is a {type(value.tzinfo).__name__}; "
+                          "only datetime.timezone and zoneinfo.ZoneInfo (with a key) round-trip", kind)  # fmt: skip
+        return
+    if serde_types.is_pydantic(value):
+        check_value(value.model_dump(), path)  # NaN, or a type no codec stores, named by its path
+        return
+    if fn is _LOSSY:
+        raise _refuse(path, f"holds a {kind.__name__}, which Burr's serde would store as str(value) "
+                      "and lose; convert it to JSON types or register a burr serde for it "
+                      "(burr.core.serde.serialize.register)", kind)  # fmt: skip
+    if fn in serde_types.BASE_SERIALIZERS or fn is _PRIMITIVE:
+        raise _refuse(path, f"holds a {kind.__name__}, a subclass that would be loaded back as its "
+                      "base type; convert it or register a burr serde for it", kind)  # fmt: skip
+
+
+def _known_tz(tz: Any) -> bool:
+    return tz is None or type(tz) is timezone or (isinstance(tz, ZoneInfo) and tz.key is not None)
 
 
 def encode_fields(values: dict[str, Any]) -> dict[str, bytes]:

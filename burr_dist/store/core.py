@@ -306,7 +306,7 @@ class StoreCore:
 
     @staticmethod
     def _with_track(call: Call, k: AppKeys, settle: Settle | None, track: tuple[bytes, bytes]) -> Call:
-        """Tracking (issue 11): the track key last in KEYS, the records at ARGV[15..16]."""
+        """Tracking: the track key last in KEYS, the records at ARGV[15..16]."""
         pad = () if settle is not None else ("",) * 5  # ARGV[10..14]: no settle
         return Call(call.script, (*call.keys, k.track), (*call.args, *pad, *track))
 
@@ -368,13 +368,28 @@ class StoreCore:
         return decoded.data
 
     def read_load(
-        self, reply: Sequence[Any], partition_key: str | None, app_id: str, sequence_id: int | None
+        self,
+        reply: Sequence[Any],
+        partition_key: str | None,
+        app_id: str,
+        sequence_id: int | None,
+        *,
+        strict: bool = False,
     ) -> PersistedStateData | None:
+        """The loaded step, or None when it is not stored: an unknown app, a sequence never
+        saved or trimmed by ``keep`` (Burr's ``BaseStateLoader.load`` contract, which
+        ``initialize_from(fork_from_sequence_id=...)`` relies on). ``strict``: SnapshotNotFound
+        instead of None, saying what is retained."""
         head, oldest, chain = reply
         if chain:
             return self.read_chain(chain, partition_key, app_id, head)
-        if sequence_id is None or not head:
-            return None  # no app: Burr starts a new one
+        if not strict:
+            return None
+        if not head:
+            raise SnapshotNotFound(
+                f"app {app_id!r} (partition {partition_key!r}) has no committed step",
+                app_id=app_id, partition_key=partition_key, sequence_id=sequence_id, oldest=None, head=None,
+            )  # fmt: skip
         raise SnapshotNotFound(
             f"app {app_id!r} (partition {partition_key!r}) has no snapshot {sequence_id}: "
             f"retained sequences are {_s(oldest)}..{_s(head)}",

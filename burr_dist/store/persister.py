@@ -53,7 +53,7 @@ class PersisterCore:
         # async persister may serve many apps at once).
         self._pending: dict[tuple[str | None, str, int], Base] = {}
         self._tries = 0  # sends of the current commit call (before_try counts them)
-        self.tracker: StepTracker | None = None  # tracking records to commit with each step (issue 11)
+        self.tracker: StepTracker | None = None  # tracking records to commit with each step
 
     def commit_call(
         self,
@@ -224,8 +224,25 @@ class PersisterCore:
         return False, None
 
 
+def _unleased_state(persister: RedisPersister | AsyncRedisPersister) -> dict[str, Any]:
+    """What a pickled persister carries: its store (which pickles as its target and config)."""
+    return {"store": persister.store}
+
+
 class RedisPersister(BaseStatePersister):
-    """Sync Burr persister. Pass ``lease=`` (or use ``Lease.persister``) to fence every save."""
+    """Sync Burr persister. Pass ``lease=`` (or use ``Lease.persister``) to fence every save.
+
+    Differences from Burr's ``RedisBasePersister`` a migrating user meets: ``load`` answers the
+    same (None when not stored); ``list_app_ids`` is newest first by first commit (Burr's: highest
+    saved sequence first); ``cleanup`` deletes this prefix's keys and needs ``confirm=True``
+    (Burr's only closes the connection: :meth:`close` here).
+
+    Pickling (Burr's parallelism hands persisters to process pools and Ray): a persister built
+    with ``from_url`` / ``from_values`` pickles as its URL target and config and reconnects on
+    first use. Its lease is NOT carried across: the copy is unleased, its saves are unfenced
+    compare-and-set commits (a sequence conflict still refuses a stale save). One built on a
+    raw redis-py client refuses to pickle.
+    """
 
     def __init__(self, store: RedisStore, lease: LeaseCore | None = None) -> None:
         self.store = store
@@ -235,12 +252,52 @@ class RedisPersister(BaseStatePersister):
     def from_url(cls, url: str | None = None, **config: Any) -> RedisPersister:
         return cls(RedisStore.from_url(url, **config))
 
+    @classmethod
+    def from_values(
+        cls, host: str = "localhost", port: int = 6379, db: int = 0, password: str | None = None,
+        namespace: str | None = None, **config: Any,
+    ) -> RedisPersister:  # fmt: skip
+        """Burr's ``RedisBasePersister.from_values(host=, port=, db=, password=, namespace=)``
+        twin; ``namespace`` is the key prefix, other keywords go to StoreConfig (or
+        ``username=``, ``ssl=``)."""
+        return cls(RedisStore.from_values(host, port, db, password, namespace, **config))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _unleased_state(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        RedisPersister.__init__(self, state["store"])
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> RedisPersister:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def cleanup(self, *, confirm: bool = False) -> int:
+        """DESTRUCTIVE, for tests: delete every key under this persister's prefix (every app of
+        every partition, and the fleet's records). Refused unless ``confirm=True``; to close
+        the connection as Burr's ``cleanup()`` does, call :meth:`close`."""
+        return self.store.cleanup(confirm=confirm)
+
+    def load_or_raise(
+        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+    ) -> PersistedStateData:
+        """``load``, but SnapshotNotFound (naming the retained range) instead of None."""
+        return self.store.load_or_raise(partition_key, app_id, sequence_id)
+
     def is_initialized(self) -> bool:
         return True
 
     def load(
         self, partition_key: str | None, app_id: str | None, sequence_id: int | None = None, **kwargs: Any
     ) -> PersistedStateData | None:
+        """The latest step, or ``sequence_id``'s; None when it is not stored (an unknown app, a
+        sequence never saved or older than ``keep``), as Burr's ``BaseStateLoader`` says: then
+        ``initialize_from`` starts from its defaults. :meth:`load_or_raise` raises instead."""
         if app_id is None:
             return None
         hit, head = self.core.cached_head(partition_key, app_id, sequence_id)
@@ -249,6 +306,8 @@ class RedisPersister(BaseStatePersister):
         return self.store.load(partition_key, app_id, sequence_id)
 
     def list_app_ids(self, partition_key: str | None, **kwargs: Any) -> list[str]:
+        """Newest first, by each app's first commit (Burr's Redis persister: highest saved
+        sequence first; its SQLite persister: latest save first)."""
         return self.store.list_app_ids(partition_key)
 
     def save(
@@ -284,7 +343,8 @@ class RedisPersister(BaseStatePersister):
 
 
 class AsyncRedisPersister(AsyncBaseStatePersister):
-    """Async Burr persister (use with ``abuild()``); same semantics as RedisPersister."""
+    """Async Burr persister (use with ``abuild()``); same semantics as RedisPersister, pickling
+    included (an unpickled copy is unleased and opens its connections in the loop that uses it)."""
 
     def __init__(self, store: AsyncRedisStore, lease: LeaseCore | None = None) -> None:
         self.store = store
@@ -293,6 +353,38 @@ class AsyncRedisPersister(AsyncBaseStatePersister):
     @classmethod
     def from_url(cls, url: str | None = None, **config: Any) -> AsyncRedisPersister:
         return cls(AsyncRedisStore.from_url(url, **config))
+
+    @classmethod
+    def from_values(
+        cls, host: str = "localhost", port: int = 6379, db: int = 0, password: str | None = None,
+        namespace: str | None = None, **config: Any,
+    ) -> AsyncRedisPersister:  # fmt: skip
+        """Burr's ``AsyncRedisBasePersister.from_values`` twin (see RedisPersister.from_values)."""
+        return cls(AsyncRedisStore.from_values(host, port, db, password, namespace, **config))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _unleased_state(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        AsyncRedisPersister.__init__(self, state["store"])
+
+    async def close(self) -> None:
+        await self.store.aclose()
+
+    async def __aenter__(self) -> AsyncRedisPersister:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def cleanup(self, *, confirm: bool = False) -> int:
+        """DESTRUCTIVE, for tests: see RedisPersister.cleanup."""
+        return await self.store.cleanup(confirm=confirm)
+
+    async def load_or_raise(
+        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+    ) -> PersistedStateData:
+        return await self.store.load_or_raise(partition_key, app_id, sequence_id)
 
     async def is_initialized(self) -> bool:
         return True
@@ -308,6 +400,7 @@ class AsyncRedisPersister(AsyncBaseStatePersister):
         return await self.store.load(partition_key, app_id, sequence_id)
 
     async def list_app_ids(self, partition_key: str | None, **kwargs: Any) -> list[str]:
+        """Newest first, by each app's first commit (see RedisPersister.list_app_ids)."""
         return await self.store.list_app_ids(partition_key)
 
     async def save(
