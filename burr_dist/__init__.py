@@ -2,17 +2,22 @@
 
 from burr_dist import _moved
 from burr_dist.errors import (
+    AppNotFound,
+    AppNotRunnable,
+    BaseMoved,
     BurrDistError,
     ConfigurationError,
     CorruptSnapshot,
     LeaseError,
     LeaseLost,
     LeaseNotHeld,
+    NotDurable,
     RedisUnavailable,
     SequenceConflict,
     SerializationError,
     SnapshotNotFound,
     StoreError,
+    StoreRewound,
 )
 from burr_dist.fleet.client import AsyncFleetClient, FleetClient
 from burr_dist.fleet.core import Enqueued, EnqueueRequest
@@ -23,16 +28,21 @@ from burr_dist.store.core import StoreConfig
 from burr_dist.store.lease import AsyncLease, Lease
 from burr_dist.store.persister import AsyncRedisPersister, RedisPersister
 from burr_dist.store.standalone import Outcome, arun_app, run_app
+from burr_dist.worker.config import WorkerConfig
+from burr_dist.worker.process import Worker
 
 _moved.install()
 
 __all__ = [
     "DEFAULT_PARTITION",
     "AppContext",
+    "AppNotFound",
+    "AppNotRunnable",
     "AsyncFleetClient",
     "AsyncLease",
     "AsyncRedisPersister",
     "AsyncRedisStore",
+    "BaseMoved",
     "BurrDistError",
     "ConfigurationError",
     "CorruptSnapshot",
@@ -45,6 +55,7 @@ __all__ = [
     "LeaseError",
     "LeaseLost",
     "LeaseNotHeld",
+    "NotDurable",
     "Outcome",
     "RedisPersister",
     "RedisStore",
@@ -56,6 +67,9 @@ __all__ = [
     "SnapshotNotFound",
     "StoreConfig",
     "StoreError",
+    "StoreRewound",
+    "Worker",
+    "WorkerConfig",
     "arun_app",
     "run_app",
 ]

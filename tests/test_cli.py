@@ -221,6 +221,9 @@ BAD_INPUTS = [
     (["worker", "examples.apps", "--log-level", "loud"], 2, ""),
     (["worker", "examples.apps", "--inline-ms", "-1"], 2, ""),
     (["worker", "examples.apps", "--inline-ms", "nan"], 6, "inline_ms must be >= 0, got nan"),
+    (["worker", "examples.apps", "--keep", "0"], 2, ""),
+    (["worker", "examples.apps", "--snapshot-format", "3"], 2, ""),
+    (["worker", "examples.apps", "--max-state-bytes", "0"], 2, ""),
 ]
 
 

@@ -549,8 +549,10 @@ def test_an_idle_worker_starts_a_new_app_without_waiting_for_a_poll(fleet: Fleet
 
 
 def test_an_unreadable_snapshot_holds_back_only_its_own_app(fleet: Fleet) -> None:
-    """A hand-edited (or foreign-format) snapshot: its app waits and is logged with the key; the
-    other apps claimed in the same batch run at once (their leases are not orphaned)."""
+    """A hand-edited (or foreign-format) snapshot: the other apps claimed in the same batch run
+    at once (their leases are not orphaned); its own app is a poison pill: the error,
+    with the key, is recorded on it, retried under its RetryPolicy, then it fails; each try
+    releases its lease at once."""
     fleet.fc.enqueue_many(
         [EnqueueRequest("counter", app_id=a, state={"target": 3}) for a in ("bad", "g1", "g2", "g3")]
     )
@@ -558,13 +560,16 @@ def test_an_unreadable_snapshot_holds_back_only_its_own_app(fleet: Fleet) -> Non
     fleet.client.hset(k.meta, mapping={"head": 0, "oldest": 0, "wid": "0" * 16})
     fleet.client.hset(k.snaps, "0", b"\x00not a snapshot{")
     started = time.monotonic()
-    w = fleet.spawn(lease_ttl=30.0)  # an orphaned lease would hold the good apps for 30 s
+    w = fleet.spawn(lease_ttl=30.0)  # an orphaned lease would hold the apps for 30 s
     fleet.wait_status(["g1", "g2", "g3"], "completed", timeout=10)
     assert time.monotonic() - started < 10
     wait_until(lambda: "unreadable snapshot" in w.log(), 5, "the corrupt snapshot logged")
     assert k.snaps in w.log() and "claimed apps failed" not in w.log()
-    assert fleet.status("bad") != "completed"
+    fleet.wait_status(["bad"], "failed", timeout=15)  # counter: 3 attempts, 1 s backoff doubling
+    assert time.monotonic() - started < 20
+    job = fleet.fc.show("bad")
+    assert job["attempts"] == job["claims"] == 3 and job["lease_holder"] is None, job
+    assert "CorruptSnapshot" in job["last_error"] and k.snaps in job["last_error"], job
     shard = fleet.fc.schema.queue_for("default", member("bad"))
-    assert fleet.client.zscore(shard.ready, member("bad")) is None
-    score = fleet.client.zscore(shard.scheduled, member("bad"))
-    assert score is not None and score > fleet.fc.server_time_ms() + 50_000  # tried again in 60 s
+    for key in (shard.ready, shard.scheduled, shard.active):
+        assert fleet.client.zscore(key, member("bad")) is None

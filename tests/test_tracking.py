@@ -1,4 +1,4 @@
-"""Tracking records (issue 11) are written by commit.lua with the step they describe: a refused
+"""Tracking records are written by commit.lua with the step they describe: a refused
 commit (zombie, conflicting writer) leaves none, a commit retried after a lost reply leaves
 exactly one, and they follow the app's retention (keep) and TTL (finished_ttl)."""
 
@@ -141,7 +141,8 @@ def test_commit_retried_after_a_lost_reply_leaves_one_record(proxy: FaultProxy, 
 
 async def test_async_app_under_the_worker_commits_its_records(fleet_server: EmbeddedServer) -> None:
     """An async app (astep, AsyncRedisPersister) under the worker; its factory returns the same
-    builder every time, so each build must replace the last build's tracker, not add to it."""
+    builder every time: the worker builds from a copy of it, so no build adds a tracker (or
+    anything) to it, and each build has its own."""
     from burr_dist import FleetClient, Registry
     from burr_dist.fleet.registry import AppContext
     from burr_dist.worker.process import Worker
@@ -178,7 +179,8 @@ async def test_async_app_under_the_worker_commits_its_records(fleet_server: Embe
     assert all(
         [r["type"] for r in recs] == ["begin_entry", "end_entry", "attribute"] for recs in got.values()
     )
-    assert sum(isinstance(h, StepTracker) for h in shared.lifecycle_adapters) == 1
+    assert not any(isinstance(h, StepTracker) for h in shared.lifecycle_adapters)
+    assert shared.state is None and shared.state_initializer is None  # the factory's builder, untouched
     fleet.client.close()
 
 

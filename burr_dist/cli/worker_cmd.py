@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
@@ -10,6 +11,7 @@ from burr_dist.cli.app import LOG_LEVELS, check_redis, emit_json, import_registr
 from burr_dist.fleet.core import DEFAULT_QUEUE
 from burr_dist.keys import KeySchema
 from burr_dist.observability.logs import FORMATS, configure
+from burr_dist.store.core import StoreConfig
 
 
 # -- worker -------------------------------------------------------------------------------------------
@@ -83,7 +85,7 @@ from burr_dist.observability.logs import FORMATS, configure
     type=click.Choice(FORMATS),
     default="text",
     show_default=True,
-    help="json: one JSON object per line on stderr (fields and event names: README, Observability).",
+    help="json: one JSON object per line on stderr (fields and event names: docs, guides/observability).",
 )
 @click.option(
     "--metrics-port",
@@ -96,7 +98,7 @@ from burr_dist.observability.logs import FORMATS, configure
     "--track/--no-track",
     default=True,
     show_default=True,
-    help="Commit Burr tracking records with each step, for `burr-dist ui` (cost: README, Burr UI).",
+    help="Commit Burr tracking records with each step, for `burr-dist ui` (cost: docs, guides/burr-ui).",
 )
 @click.option(
     "--inline-ms",
@@ -104,6 +106,40 @@ from burr_dist.observability.logs import FORMATS, configure
     default=2.0,
     show_default=True,
     help="Sync actions seen faster than this in the thread pool run on the event loop (0: never).",
+)
+@click.option(
+    "--snapshot-format",
+    type=click.Choice(["1", "2"]),
+    default=None,
+    help="1: a full snapshot per step (readable by burr_dist 0.3 workers); 2: deltas with keyframes "
+    "[default: 2].",
+)
+@click.option(
+    "--keep", type=click.IntRange(min=1), default=None, help="Snapshots retained per app [default: 100]."
+)
+@click.option(
+    "--max-state-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Largest snapshot a commit may store; a larger state fails the app, naming it [default: 16 MiB].",
+)
+@click.option(
+    "--wait-replicas",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Replicas that must confirm each commit, settle and lease write [default: the URL's, else 0].",
+)
+@click.option(
+    "--wait-timeout-ms",
+    type=click.IntRange(min=1),
+    default=None,
+    help="How long to wait for those confirmations [default: the URL's, else 1000].",
+)
+@click.option(
+    "--compress-min-bytes",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Snapshot entries at least this large are stored zstd-compressed (0: never) [default: 4096].",
 )
 @json_flag
 def worker(
@@ -124,6 +160,12 @@ def worker(
     metrics_host: str,
     track: bool,
     inline_ms: float,
+    snapshot_format: str | None,
+    keep: int | None,
+    max_state_bytes: int | None,
+    wait_replicas: int | None,
+    wait_timeout_ms: int | None,
+    compress_min_bytes: int | None,
 ) -> None:
     """Run a worker for the apps registered in MODULE.
 
@@ -132,7 +174,7 @@ def worker(
     Stops on SIGTERM/SIGINT: no new claims, running apps are handed back at their next step
     boundary; a second signal exits at once.
     """
-    from burr_dist.worker.process import Worker
+    from burr_dist.worker.process import Worker, WorkerConfig
 
     s = settings()
     configure(log_level, log_format)
@@ -146,23 +188,18 @@ def worker(
     schema = KeySchema(s.prefix)
     for name in names:
         schema.queue_shard(name, 0)  # ConfigurationError for an invalid name
-    w = Worker(
-        registry,
-        url=s.url,
-        prefix=s.prefix,
-        queues=names,
-        concurrency=concurrency,
-        lease_ttl=lease_ttl,
-        sweep_interval=sweep_interval,
-        max_steps_per_claim=max_steps_per_claim,
-        max_seconds_per_claim=max_seconds_per_claim,
-        finished_ttl=finished_ttl,
-        poll_interval=poll_interval,
-        worker_id=worker_id,
-        allow_evicting_redis=allow_evicting_redis,
-        track=track,
-        inline_ms=inline_ms,
-    )
+    store: dict[str, Any] = {"prefix": s.prefix, "finished_ttl": finished_ttl, "keep": keep, "max_state_bytes": max_state_bytes,
+             "wait_replicas": wait_replicas, "wait_timeout_ms": wait_timeout_ms,
+             "compress_min_bytes": compress_min_bytes,
+             "snapshot_format": int(snapshot_format) if snapshot_format else None}  # fmt: skip
+    config = WorkerConfig(
+        url=s.url, queues=tuple(names), concurrency=concurrency, lease_ttl=lease_ttl,
+        sweep_interval=sweep_interval, max_steps_per_claim=max_steps_per_claim,
+        max_seconds_per_claim=max_seconds_per_claim, poll_interval=poll_interval, worker_id=worker_id,
+        allow_evicting_redis=allow_evicting_redis, track=track, inline_ms=inline_ms,
+        store=StoreConfig(**{k: v for k, v in store.items() if v is not None}),
+    )  # fmt: skip
+    w = Worker(registry, config)
     check_redis(s.url).close()
     if metrics_port is not None:
         from burr_dist.observability.metrics import WorkerMetrics  # prometheus_client only when asked for

@@ -7,8 +7,11 @@
     def approval(ctx: AppContext) -> ApplicationBuilder:
         return ApplicationBuilder().with_actions(...).with_transitions(...)
 
-The factory describes the graph only; the worker adds identifiers and ``initialize_from`` (resume,
-fork or new) and commits every step itself, fenced by its lease.
+The factory returns a builder as a Burr user writes it: ``with_entrypoint``, ``with_state``,
+``with_identifiers`` and ``initialize_from`` may all be there. How the worker combines them with
+the fleet's stored state and ids: burr_dist/worker/building.py. The worker commits every step
+itself, fenced by its lease. ``halt_before`` / ``halt_after`` park the app the way Burr's
+``run(halt_before=..., halt_after=...)`` stops it; ``resume`` starts the next run.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class RetryPolicy:
 class AppSpec:
     name: str
     factory: Callable[[AppContext], ApplicationBuilder]
-    entrypoint: str
+    entrypoint: str | None = None  # None: the builder's (with_entrypoint / initialize_from)
     default_state: dict[str, Any] = field(default_factory=dict)
     halt_before: tuple[str, ...] = ()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -76,6 +79,7 @@ class AppSpec:
     # Sync actions that may block on I/O: always in the thread pool, never on the event loop
     # (burr_dist/worker/inline.py learns the others from their run times).
     blocking: frozenset[str] = frozenset()
+    halt_after: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,21 +110,28 @@ class Registry:
         self,
         name: str,
         *,
-        entrypoint: str,
+        entrypoint: str | None = None,
         default_state: dict[str, Any] | None = None,
         halt_before: Sequence[str] = (),
+        halt_after: Sequence[str] = (),
         retry: RetryPolicy | None = None,
         queue: str = "default",
         blocking: Sequence[str] = (),
     ) -> Callable[[Callable[[AppContext], ApplicationBuilder]], Callable[[AppContext], ApplicationBuilder]]:
-        """Register an app factory under ``name``. ``blocking``: names of sync actions that may
-        block on I/O (a model call, a database query): they always run in the worker's thread
-        pool, never on its event loop, even when they were fast so far; a name that is not an
-        action of the built graph fails the app's build, saying so."""
-        if isinstance(blocking, str):
-            raise ConfigurationError(
-                f"blocking must be a list of action names, got the string {blocking!r}", name=name
-            )
+        """Register an app factory under ``name``.
+
+        ``entrypoint`` / ``default_state``: a new app's, over what the builder sets itself
+        (``with_entrypoint``, ``with_state``); ``enqueue(entrypoint=, state=)`` wins over both.
+        ``halt_before`` / ``halt_after``: action names; the app parks (``waiting``) before or
+        after them, as Burr's ``run`` halts. ``blocking``: names of sync actions that may block on
+        I/O (a model call, a database query): they always run in the worker's thread pool, never
+        on its event loop, even when they were fast so far. A name that is not an action of the
+        built graph fails the app's build, saying so."""
+        for what, names in (("blocking", blocking), ("halt_before", halt_before), ("halt_after", halt_after)):
+            if isinstance(names, str):
+                raise ConfigurationError(
+                    f"{what} must be a list of action names, got the string {names!r}", name=name
+                )
 
         def register(
             factory: Callable[[AppContext], ApplicationBuilder],
@@ -136,6 +147,7 @@ class Registry:
                 retry or RetryPolicy(),
                 queue,
                 frozenset(blocking),
+                tuple(halt_after),
             )
             return factory
 

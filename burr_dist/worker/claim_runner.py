@@ -1,9 +1,19 @@
 """Running one claim: build the app from its lease, step it, commit every step fenced, then settle
 the app (with its last commit when it can) and hand its queue ack to the worker's outbox.
 
-Where steps run: async actions on the event loop; sync actions on the loop too once the inline
-policy saw them fast in the thread pool, else in the pool (burr_dist/worker/inline.py). Commits always
-go through the async persister on the loop: no sync client, no thread hop for I/O.
+How the app is built from the factory's builder: burr_dist/worker/building.py. Where steps run:
+an app built with ``abuild()`` steps through ``astep`` on the event loop (sync actions too, as
+Burr runs them); an all-sync app's actions run on the loop once the inline policy saw them fast
+in the thread pool, else in the pool (burr_dist/worker/inline.py). Commits always go through the
+async persister on the loop: no sync client, no thread hop for I/O.
+
+Runs and inputs, as Burr's ``run(halt_before=, halt_after=, inputs=)``: a resume starts a run; its
+inputs reach every step of it (each action takes those it declares) until the app parks again
+(halt_before / halt_after) or completes, across hand-offs between workers; its first step runs
+even when its action is in halt_before. Inputs that no action declares park the app again with
+the reason in ``last_error``. A failure of the app's own (an action raising, a state the store
+refuses, a build that raises: burr_dist/worker/failures.py) is recorded and retried under the
+app's RetryPolicy, then ``failed``; infrastructure trouble ends the claim without a settle.
 
 Crash points after the lease (see burr_dist/worker/claiming.py for those before it):
 
@@ -33,15 +43,16 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from burr.core import Application
 
-from burr_dist.errors import ConfigurationError, LeaseError, LeaseLost, SequenceConflict, StoreRewound
-from burr_dist.fleet.registry import AppContext, AppSpec, FleetEvent, Registry
-from burr_dist.observability.burr_compat import resume_without_parent
-from burr_dist.observability.tracking import StepTracker, StoredGraphs
+from burr_dist.errors import LeaseError, LeaseLost, SequenceConflict, SerializationError, StoreRewound
+from burr_dist.fleet.registry import AppSpec, FleetEvent, Registry, RetryPolicy
+from burr_dist.observability.tracking import StoredGraphs
 from burr_dist.store.core import Committed, Settle
 from burr_dist.store.lease import AsyncLease
-from burr_dist.store.persister import AsyncLoadedState, AsyncRedisPersister, LoadedState
+from burr_dist.store.persister import AsyncRedisPersister
 from burr_dist.transport.core import Cmd
+from burr_dist.worker.building import AppFactory, Built
 from burr_dist.worker.claiming import Claim, Outbox
+from burr_dist.worker.failures import describe, is_poison
 from burr_dist.worker.hooks import NOOP, Observer, Recorder
 from burr_dist.worker.inline import InlinePolicy
 
@@ -58,12 +69,18 @@ class _Run:
     spec: AppSpec
     lease: AsyncLease
     persister: Any
-    pending: dict[str, Any] | None  # inputs given by resume, until a step consumed them
-    app: Application | None = None
-    consumed: bool = False
+    # Inputs of the current run (given by resume or enqueue): passed to every step, as Burr's
+    # run(inputs=...) does, until the app parks or completes (then the settle clears them).
+    inputs: dict[str, Any] | None
+    app: Application[Any]
+    is_async: bool  # built with abuild(): every step through astep
+    # The first step of this claim runs even when its action is in halt_before: it starts a run
+    # (the step a resume asked for) or re-runs a failed step. Burr's run() also always runs one
+    # step before it tests a halt condition.
+    pass_halt: bool = False
     steps: int = 0
     started: float = field(default_factory=time.monotonic)
-    end: str = ""  # completed | waiting | handed_back | cancelled | action_failed
+    end: str = ""  # completed | waiting | handed_back | cancelled | action_failed | poisoned
     waiting_for: str = ""
     position: str = ""  # the action that failed
     error: Exception | None = None
@@ -74,6 +91,12 @@ class _Run:
     # compiles its expression on every evaluation).
     next_action: Any = None
     next_known: bool = False
+    seq_before: int | None = None  # the app's sequence id before the step in progress
+
+    @property
+    def consumed(self) -> bool:
+        """Whether the settle clears the run's inputs: only when the run ended."""
+        return self.inputs is not None and self.end in ("completed", "waiting", "cancelled")
 
 
 class ClaimRunner:
@@ -112,6 +135,7 @@ class ClaimRunner:
         self.history = recorder.history
         self.config = fleet.config
         self.graphs = StoredGraphs()  # tracking graphs stored by this process
+        self.factory = AppFactory(worker_id, track)  # builders as users write them: building.py
 
     @property
     def stopping(self) -> bool:
@@ -124,7 +148,10 @@ class ClaimRunner:
         lease.entry = claim
         name = lease.job.get("name", "")
         try:
-            await self._run_claim(lease, name)
+            if claim.unreadable is not None:  # its snapshot: no build can read it
+                await self._poisoned(lease, name, claim.unreadable, "load", None)
+            else:
+                await self._run_claim(lease, name)
         except StoreRewound as e:
             self.observer.claim_ended_by(name, e)
             self.on_rewound(e)
@@ -139,7 +166,7 @@ class ClaimRunner:
             return  # the app belongs to whoever holds the lease now; its queue entry too
         except Exception as e:
             # Infrastructure trouble (Redis unreachable...): no settle possible; the lease expires
-            # and the sweep requeues the app.
+            # and the sweep requeues the app. (The app's own failures settle: failures.py.)
             self.observer.claim_ended_by(name, e)
             log.exception("claim of %s aborted", claim.member, extra=self._fields(lease, "claim_aborted", e))
             await lease.detach()
@@ -213,22 +240,66 @@ class ClaimRunner:
         return settled, run_at
 
     async def _run_claim(self, lease: AsyncLease, name: str) -> tuple[str, int | None]:
-        job = lease.job
+        spec: AppSpec | None = None
         try:
             spec = self.registry.get(name)
-            app, persister = await self._build(spec, lease, job)
+            persister = AsyncRedisPersister(self.fleet, lease)
+            persister.core.history = self.history
+            built = await self.factory.build(spec, lease, persister)
         except Exception as e:
-            return await self._build_failed(lease, name, e)
+            if not is_poison(e, user_code=True):
+                raise
+            return await self._poisoned(lease, name, e, "build", spec)
         graph = self.graphs.missing(persister.core.tracker)
         if graph is not None:
             await self._store_graph(*graph)
-        head = lease.head["sequence_id"] if lease.head is not None else None
-        inputs_at = job.get("inputs_at", "-")
-        pending = job.get("inputs") if inputs_at == ("" if head is None else str(head)) else None
-        run = _Run(spec, lease, persister, orjson.loads(pending) if pending else None, app)
+        run = self._new_run(spec, lease, built)
         await self._emit("claimed", name, lease, run.app)
+        refused = self._undeclared(run)
+        if refused:
+            return await self._inputs_refused(run, refused)
         await self._steps(run)
         return await self._finish(run)
+
+    def _new_run(self, spec: AppSpec, lease: AsyncLease, built: Built) -> _Run:
+        """The claim's run: its inputs (set by resume or enqueue until the run that used them
+        parks or completes: inputs_at "-") and whether its first step passes halt_before."""
+        job, head = lease.job, lease.head
+        at = job.get("inputs_at", "-")
+        inputs = orjson.loads(job["inputs"]) if at != "-" and job.get("inputs") else None
+        head_seq = head["sequence_id"] if head is not None else None
+        resumed = inputs is not None and at == ("" if head_seq is None else str(head_seq))
+        rerun = head is not None and head["status"] == "failed"
+        return _Run(
+            spec, lease, built.persister, inputs, built.app, built.is_async, pass_halt=resumed or rerun
+        )
+
+    @staticmethod
+    def _undeclared(run: _Run) -> list[str]:
+        """Input names no action of the app declares (Burr would drop them without a word)."""
+        if not run.inputs:
+            return []
+        declared = {
+            n for a in run.app.graph.actions for names in a.optional_and_required_inputs for n in names
+        }
+        return sorted(set(run.inputs) - declared)
+
+    async def _inputs_refused(self, run: _Run, names: list[str]) -> tuple[str, int | None]:
+        """Park the app again, its state untouched, the inputs dropped and the reason recorded:
+        the client cannot check names against a graph it does not have."""
+        nxt = run.app.get_next_action()
+        declared = sorted({n for a in run.app.graph.actions for ns in a.optional_and_required_inputs for n in ns
+                           if not n.startswith("__")})  # fmt: skip
+        text = (f"inputs {names} are declared by no action of app {run.spec.name!r} (declared: "
+                f"{declared}); nothing ran: resume it again with the right names")  # fmt: skip
+        log.warning(
+            "app %s: %s", run.lease.app_id, text, extra=self._fields(run.lease, "inputs_refused", text)
+        )
+        result = await self._settle(
+            run.lease, "waiting", waiting_for=nxt.name if nxt is not None else "", error=text, consumed=True
+        )
+        await self._emit("parked", run.spec.name, run.lease, run.app, text)
+        return result
 
     async def _store_graph(self, digest: str, encoded: bytes) -> None:
         """Store a tracking graph (before the first commit that names it), once per process."""
@@ -240,28 +311,29 @@ class ClaimRunner:
             return
         self.graphs.stored(digest)
 
-    def _decide(self, run: _Run) -> tuple[str, Any]:
-        """What to do next with a claimed app (no I/O): step, or end the claim and how."""
-        assert run.app is not None
+    def _decide(self, run: _Run, prior: Any = None) -> tuple[str, Any]:
+        """What to do next with a claimed app (no I/O): step, or end the claim and how.
+        ``prior``: the action that just ran (its halt_after), None before the claim's first step."""
         if run.next_known:
             nxt, run.next_action, run.next_known = run.next_action, None, False
         else:
             nxt = run.app.get_next_action()
         if nxt is None:
             return "completed", None
-        if nxt.name in run.spec.halt_before and run.pending is None:
+        # Burr's order: halt_before first, then halt_after; both park before the next action.
+        if nxt.name in run.spec.halt_before and not (run.pass_halt and run.steps == 0):
+            return "waiting", nxt.name
+        if prior is not None and prior.name in run.spec.halt_after:
             return "waiting", nxt.name
         if self.stopping or run.steps >= self.max_steps or time.monotonic() - run.started >= self.max_seconds:
             return "handed_back", None
         return "step", nxt
 
-    def _plan_settle(self, run: _Run) -> Settle | None:
+    def _plan_settle(self, run: _Run, action: Any) -> Settle | None:
         """Called once a step ran, before its commit: account for the step and, when the claim
         ends after it, the settle to send with the commit (one round trip instead of two)."""
-        if run.pending is not None:
-            run.pending, run.consumed = None, True
         run.steps += 1
-        run.end, info = self._decide(run)
+        run.end, info = self._decide(run, action)
         if run.end == "step":
             run.next_action, run.next_known = info, True
             return None
@@ -293,29 +365,24 @@ class ClaimRunner:
         run.end = ""
         return False
 
-    def _commit_failed(self, run: _Run) -> None:
+    def _commit_failed(self, run: _Run, error: BaseException) -> None:
         if run.release_op is not None:
-            self.recorder.complete(run.release_op, "unknown")
+            # A refused encode sent nothing: the settle it carried certainly did not happen.
+            self.recorder.complete(
+                run.release_op, "failed" if isinstance(error, SerializationError) else "unknown"
+            )
             run.release_op = None
 
-    @staticmethod
-    def _inputs(run: _Run, nxt: Any) -> dict[str, Any] | None:
-        if run.pending is None:
-            return None
-        required, optional = nxt.inputs
-        return {k: v for k, v in run.pending.items() if k in (*required, *optional)}
-
     async def _steps(self, run: _Run) -> None:
-        """Step and commit until the claim ends. Async actions run on the loop; a sync action runs
-        on the loop too when the inline policy knows it as fast, otherwise in the thread pool.
-        Every commit goes through the async persister (no sync client, no thread for I/O)."""
-        assert run.app is not None
+        """Step and commit until the claim ends. Every commit goes through the async persister
+        (no sync client, no thread for I/O)."""
         while True:
             run.end, info = self._decide(run)
             if run.end != "step":
                 run.waiting_for = info if run.end == "waiting" else ""
                 return
             run.lease.check()
+            run.seq_before = run.app.sequence_id
             try:
                 action, _, state = await self._step(run, info)
             except Exception as e:
@@ -323,30 +390,46 @@ class ClaimRunner:
                     raise
                 run.end, run.position, run.error = "action_failed", info.name, e
                 return
-            try:
-                settle = self._plan_settle(run)
-                started = time.perf_counter()
-                committed = await run.persister.save_and_settle(
-                    run.lease.partition_key, run.lease.app_id, run.app.sequence_id, action.name, state,
-                    "completed", settle,
-                )  # fmt: skip
-            except BaseException:
-                self._commit_failed(run)
-                raise
-            self.observer.committed(run.spec.name, "completed", time.perf_counter() - started)
-            ends = self._step_done(run, committed)
+            if not await self._commit(run, action, state):
+                return
             await self._emit("step_committed", run.spec.name, run.lease, run.app)
-            if ends:
+            if self._step_done(run, run.persister.core.last_commit):
                 return
 
+    async def _commit(self, run: _Run, action: Any, state: Any) -> bool:
+        """Commit the step just run (with the claim's settle when it is the last); False when
+        the commit was refused for the app's own reason (a poison pill: run.end says so)."""
+        try:
+            settle = self._plan_settle(run, action)
+            started = time.perf_counter()
+            await run.persister.save_and_settle(
+                run.lease.partition_key, run.lease.app_id, run.app.sequence_id, action.name, state,
+                "completed", settle,
+            )  # fmt: skip
+        except BaseException as e:
+            self._commit_failed(run, e)
+            if not isinstance(e, Exception) or not is_poison(e):
+                raise
+            run.end, run.position, run.error = "poisoned", action.name, e
+            return False
+        self.observer.committed(run.spec.name, "completed", time.perf_counter() - started)
+        return True
+
     async def _step(self, run: _Run, nxt: Any) -> Any:
-        """One Burr step of ``run``'s app: (action, result, state)."""
-        app = run.app
-        assert app is not None
-        inputs = self._inputs(run, nxt)
-        if nxt.is_async():
-            return await app.astep(inputs=inputs)
+        """One Burr step of ``run``'s app: (action, result, state). An abuild() app steps with
+        astep, as Burr's arun does (Burr refuses step() on it): async actions on the loop, and
+        sync ones too (Burr's choice; inline.py warns when one is slow). A sync app's sync
+        action runs on the loop when the inline policy knows it as fast, else in the pool."""
+        app, inputs = run.app, run.inputs
         name, action = run.spec.name, nxt.name
+        if run.is_async:
+            if nxt.is_async():
+                return await app.astep(inputs=inputs)
+            started = time.perf_counter()
+            try:
+                return await app.astep(inputs=inputs)
+            finally:
+                self.inline.on_loop(name, action, time.perf_counter() - started)
         if action not in run.spec.blocking and self.inline.inline(name, action):
             return self.inline.run(name, action, lambda: app.step(inputs=inputs))
         out, seconds = await asyncio.get_running_loop().run_in_executor(self._pool, _timed_step, app, inputs)
@@ -355,8 +438,7 @@ class ClaimRunner:
 
     async def _finish(self, run: _Run) -> tuple[str, int | None]:
         """Settle (with the queue ack) as the claim's end asks, and tell the hooks."""
-        lease, name, app, consumed = run.lease, run.spec.name, run.app, run.consumed
-        assert app is not None
+        lease, name, app = run.lease, run.spec.name, run.app
         if run.settled is not None:  # the last commit settled too
             status, run_at, _ = run.settled
             await lease.detach()
@@ -367,142 +449,85 @@ class ClaimRunner:
             self._log_settled(lease, app, {"queued": "handed_back"}.get(status, status))
             return result
         if run.end == "action_failed":
+            return await self._action_failed(run)
+        if run.end == "poisoned":
             assert run.error is not None
-            return await self._action_failed(
-                run.spec, lease, app, run.persister, run.position, run.error, consumed
-            )
+            return await self._poisoned(lease, name, run.error, f"commit of {run.position!r}", run.spec, app)
+        status = {"handed_back": "queued"}.get(run.end, run.end)
+        kw: dict[str, Any] = {"consumed": run.consumed}
         if run.end == "completed":
-            result = await self._settle(lease, "completed", attempts="reset", consumed=consumed)
+            kw["attempts"] = "reset"
         elif run.end == "waiting":
-            result = await self._settle(lease, "waiting", waiting_for=run.waiting_for, consumed=consumed)
-        elif run.end == "cancelled":
-            result = await self._settle(lease, "cancelled", consumed=consumed)
-        else:
-            result = await self._settle(lease, "queued", consumed=consumed)
-        kind = {"waiting": "parked"}.get(run.end, run.end)
-        await self._emit(kind, name, lease, app)
+            kw["waiting_for"] = run.waiting_for
+        result = await self._settle(lease, status, **kw)
+        await self._emit({"waiting": "parked"}.get(run.end, run.end), name, lease, app)
         self._log_settled(lease, app, run.end)
         return result
 
-    def _log_settled(self, lease: AsyncLease, app: Application, outcome: str) -> None:
+    def _log_settled(self, lease: AsyncLease, app: Application[Any], outcome: str) -> None:
         if log.isEnabledFor(logging.DEBUG):  # one record per claim: debug, and built only when wanted
             log.debug("app %s settled: %s", lease.app_id, outcome,
                       extra=self._fields(lease, "settled", outcome=outcome, sequence_id=app.sequence_id))  # fmt: skip
 
-    async def _build_failed(self, lease: AsyncLease, name: str, e: Exception) -> tuple[str, int | None]:
-        log.error(
-            "app %s cannot be built: %s",
-            lease.app_id,
-            e,
-            extra=self._fields(
-                lease, "build_failed", e, sequence_id=lease.head and lease.head["sequence_id"]
-            ),
-        )
-        result = await self._settle(lease, "failed", attempts="incr", error=f"build failed: {e!r}")
-        await self._emit("failed", name, lease, None, repr(e))
-        return result
-
-    async def _action_failed(
-        self, spec: AppSpec, lease: AsyncLease, app: Application, persister: AsyncRedisPersister,
-        position: str, error: Exception, consumed: bool,
-    ) -> tuple[str, int | None]:  # fmt: skip
-        if isinstance(error, (LeaseError, SequenceConflict)):
-            raise error
-        # Burr's contract: a failed step is saved with the state from before the action; the
-        # rebuilt app re-runs the action at the next sequence id.
+    async def _action_failed(self, run: _Run) -> tuple[str, int | None]:
+        """An action raised. Burr's contract: the failed step is saved with the state from before
+        the action; the rebuilt app re-runs the action at the next sequence id."""
+        assert run.error is not None
+        spec, lease, app = run.spec, run.lease, run.app
         self.observer.action_failed(spec.name)
-        started = time.perf_counter()
-        assert app.sequence_id is not None
-        await persister.save(
-            lease.partition_key, lease.app_id, app.sequence_id, position, app.state, "failed"
-        )
-        self.observer.committed(spec.name, "failed", time.perf_counter() - started)
+        # Only a step Burr counted has a sequence to save at (a step refused before it ran, e.g.
+        # a wrong use of the async API, leaves the id alone: saving it would conflict).
+        expected = 0 if run.seq_before is None else run.seq_before + 1
+        if app.sequence_id == expected:
+            started = time.perf_counter()
+            try:
+                await run.persister.save(
+                    lease.partition_key, lease.app_id, expected, run.position, app.state, "failed"
+                )
+            except Exception as e:
+                if not is_poison(e):
+                    raise
+                log.warning("app %s: failed step %s not saved: %s", lease.app_id, expected, e,
+                            extra=self._fields(lease, "failed_step_not_saved", e))  # fmt: skip
+            else:
+                self.observer.committed(spec.name, "failed", time.perf_counter() - started)
+        return await self._retry_or_fail(lease, spec.name, spec.retry, describe(run.error), app, run.consumed)
+
+    async def _poisoned(
+        self, lease: AsyncLease, name: str, error: Exception, where: str, spec: AppSpec | None,
+        app: Application[Any] | None = None,
+    ) -> tuple[str, int | None]:  # fmt: skip
+        """A failure of the app's own that is not an action raising (failures.py): recorded and
+        retried like one; nothing more is saved (what is stored is the last good step)."""
+        text = describe(error, where)
+        log.error("app %s: %s", lease.app_id, text, extra=self._fields(lease, "app_error", text))
+        policy = spec.retry if spec is not None else RetryPolicy()
+        return await self._retry_or_fail(lease, name, policy, text, app, False)
+
+    async def _retry_or_fail(
+        self, lease: AsyncLease, name: str, policy: RetryPolicy, text: str, app: Application[Any] | None,
+        consumed: bool,
+    ) -> tuple[str, int | None]:  # fmt: skip
+        """Settle a failed attempt: queued again after the policy's backoff, or failed for good."""
         attempts = int(lease.job.get("attempts") or 0) + 1
-        text = f"{type(error).__name__}: {error}"
-        if attempts < spec.retry.max_attempts:
-            result = await self._settle(
-                lease,
-                "queued",
-                delay=spec.retry.delay(attempts),
-                attempts=str(attempts),
-                error=text,
-                consumed=consumed,
-            )
-            await self._emit("retry_scheduled", spec.name, lease, app, text)
-            log.info("app %s: %s failed (attempt %d of %d), retry scheduled", lease.app_id, position, attempts,
-                     spec.retry.max_attempts,
-                     extra=self._fields(lease, "retry_scheduled", text, sequence_id=app.sequence_id))  # fmt: skip
+        seq = app.sequence_id if app is not None else None
+        if attempts < policy.max_attempts:
+            result = await self._settle(lease, "queued", delay=policy.delay(attempts), attempts=str(attempts),
+                                        error=text, consumed=consumed)  # fmt: skip
+            await self._emit("retry_scheduled", name, lease, app, text)
+            log.info("app %s: attempt %d of %d failed, retry scheduled", lease.app_id, attempts,
+                     policy.max_attempts, extra=self._fields(lease, "retry_scheduled", text, sequence_id=seq))  # fmt: skip
         else:
             result = await self._settle(
                 lease, "failed", attempts=str(attempts), error=text, consumed=consumed
             )
-            await self._emit("failed", spec.name, lease, app, text)
-            log.warning("app %s failed: %s failed %d times", lease.app_id, position, attempts,
-                        extra=self._fields(lease, "app_failed", text, sequence_id=app.sequence_id))  # fmt: skip
+            await self._emit("failed", name, lease, app, text)
+            log.warning("app %s failed: %d attempts failed", lease.app_id, attempts,
+                        extra=self._fields(lease, "app_failed", text, sequence_id=seq))  # fmt: skip
         return result
 
-    async def _build(
-        self, spec: AppSpec, lease: AsyncLease, job: dict[str, str]
-    ) -> tuple[Application, AsyncRedisPersister]:
-        """The app, built from its lease, and the persister its steps commit through. The lease's
-        acquire loaded the head, so a build costs no round trip (a fork reads its source).
-        An app with an async action is built with ``abuild()``, an all-sync one with ``build()``
-        (Burr refuses a sync step of an ``abuild()`` app, and a sync action may have to run on a
-        pool thread), each from a loader holding the state read here."""
-        # What initialize_from will load (Burr's rule: the fork's source, else this app), read
-        # before the factory runs: nothing awaits between its builder's set-up and its build.
-        key: tuple[str | None, str, int | None] = (lease.partition_key, lease.app_id, None)
-        if lease.head is None and job.get("fork_app"):
-            key = (job["fork_pk"], job["fork_app"], int(job["fork_seq"]))
-        persister = AsyncRedisPersister(self.fleet, lease)
-        persister.core.history = self.history
-        loaded = await persister.load(*key)
-        builder, is_async = self._prepare(spec, lease, job, persister)
-        if is_async:
-            builder.state_initializer = AsyncLoadedState(key, loaded)
-            return await builder.abuild(), persister
-        builder.state_initializer = LoadedState(key, loaded)
-        return builder.build(), persister
 
-    def _prepare(
-        self, spec: AppSpec, lease: AsyncLease, job: dict[str, str], persister: AsyncRedisPersister
-    ) -> tuple[Any, bool]:
-        """The builder (identifiers and initialize_from added; ``persister`` gets its tracker)
-        and whether an action is async. No I/O."""
-        builder = spec.factory(AppContext(spec.name, lease.app_id, lease.partition_key))
-        resume_without_parent(builder)  # a .with_tracker() that fails a resume otherwise
-        graph = builder.graph_builder
-        if graph is None:
-            raise ConfigurationError(
-                f"factory of {spec.name!r} returned a builder without actions", name=spec.name
-            )
-        is_async = any(a.is_async() for a in graph.actions)
-        unknown = spec.blocking.difference(a.name for a in graph.actions)
-        if unknown:
-            raise ConfigurationError(
-                f"app {spec.name!r}: blocking= names {sorted(unknown)}, not actions of its graph "
-                f"({sorted(a.name for a in graph.actions)})", name=spec.name,
-            )  # fmt: skip
-        if self.track:  # issue 11: one tracker per build, its records committed with each step
-            tracker = StepTracker(worker=self.id, project=spec.name)
-            # A factory that hands out the same builder again still has the last build's tracker
-            # (with_hooks appends; Burr dedups hooks by identity only): one tracker per app.
-            adapters = [h for h in builder.lifecycle_adapters if not isinstance(h, StepTracker)]
-            builder.lifecycle_adapters = [*adapters, tracker]
-            persister.core.tracker = tracker
-        state = {**spec.default_state, **(orjson.loads(job["state"]) if job.get("state") else {})}
-        fork: dict[str, Any] = {}
-        if lease.head is None and job.get("fork_app"):
-            fork = {"fork_from_app_id": job["fork_app"], "fork_from_partition_key": job["fork_pk"],
-                    "fork_from_sequence_id": int(job["fork_seq"])}  # fmt: skip
-        builder = builder.with_identifiers(app_id=lease.app_id, partition_key=lease.partition_key).initialize_from(  # type: ignore[arg-type]
-            persister, resume_at_next_action=True, default_state=state,
-            default_entrypoint=job.get("entrypoint") or spec.entrypoint, **fork,
-        )  # fmt: skip
-        return builder, is_async
-
-
-def _timed_step(app: Application, inputs: dict[str, Any] | None) -> tuple[Any, float]:
+def _timed_step(app: Application[Any], inputs: dict[str, Any] | None) -> tuple[Any, float]:
     """A sync step on a pool thread, and how long it took there (the hop is not counted)."""
     started = time.perf_counter()
     out = app.step(inputs=inputs)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from burr_dist.errors import AppNotRunnable, CorruptSnapshot, LeaseNotHeld
+from burr_dist.store.core import JOB_FIELDS, _s
 from burr_dist.store.lease import AsyncLease
 from burr_dist.transport.core import Cmd
 
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 # Seconds a peek's picture of the shards is reused: how long the fair order across shards may lag.
 PEEK_EVERY = 0.5
-CORRUPT_RETRY_MS = 60_000  # an app whose snapshot cannot be read waits this long before another try
 
 
 @dataclass
@@ -54,6 +54,9 @@ class Claim:
     # any later claim): the app may be claimed again, by this worker too, while this claim's
     # last hooks still run.
     acked: bool = False
+    # The lease was granted but the head cannot be read: the runner records the error on the app
+    # and retries it under its RetryPolicy (burr_dist/worker/failures.py), releasing the lease.
+    unreadable: CorruptSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -178,12 +181,13 @@ class Claimer:
                 out.append(Refused(c, "held", now_ms + max(e.pttl_ms, 100)))
             except CorruptSnapshot as e:
                 # Unreadable state (hand-edited, or a format this version does not know): it must
-                # not sink the other apps of the batch. Its lease expires; it is tried again later.
-                log.error("app %s has an unreadable snapshot; retrying in %d s: %s", c.member,
-                          CORRUPT_RETRY_MS // 1000, e, extra={"event": "corrupt_snapshot", "key": e.context.get("key")})  # fmt: skip
-                if now_ms is None:
-                    now_ms = await self.fleet.server_time_ms()
-                out.append(Refused(c, "corrupt", now_ms + CORRUPT_RETRY_MS))
+                # not sink the other apps of the batch, nor loop; the lease is ours (acquire.lua
+                # took it before the head was decoded), so the runner can settle it at once.
+                log.error("app %s has an unreadable snapshot: %s", c.member, e,
+                          extra={"event": "corrupt_snapshot", "key": e.context.get("key")})  # fmt: skip
+                _adopt_unreadable(lease, reply, sent)
+                c.lease, c.unreadable = lease, e
+                out.append(c)
         return out
 
     async def wait_for_work(self, queues: tuple[str, ...], stop: asyncio.Event, busy: set[Any]) -> None:
@@ -218,6 +222,16 @@ class Claimer:
         if self._ring is not None and not self._ring.done():
             self._ring.cancel()
             await asyncio.gather(self._ring, return_exceptions=True)
+
+
+def _adopt_unreadable(lease: AsyncLease, reply: Any, sent_at: float) -> None:
+    """The lease (token, fence, job record) of a granted acquire whose head did not decode, so
+    that it can be settled. A granted reply is {1, token, fence, head, chain, values}."""
+    _, token, fence, _head, _chain, values = reply
+    lease.token, lease.fence, lease.head, lease.head_fresh = _s(token), int(fence), None, False
+    pairs = zip(JOB_FIELDS, values, strict=True) if values else ()
+    lease.job = {f: _s(v) for f, v in pairs if v is not None and v is not False}
+    lease.deadline = sent_at + lease.ttl
 
 
 def new_nonce() -> str:

@@ -20,6 +20,10 @@ action name; sans-IO here, the runner measures):
   without those counts every long run is.
 
 ``budget=0`` turns it off: every sync action runs in the pool.
+
+A sync action of an app built with ``abuild()`` (one with an async action) always runs on the
+loop: Burr's ``astep`` runs it there and refuses ``step()``. :meth:`InlinePolicy.on_loop` only
+warns, once per action, when such a run is long enough to have held up the other apps.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class InlinePolicy:
         self.budget = budget
         self.warmup = warmup
         self._seen: dict[tuple[str, str], _Seen] = {}
+        self._warned: set[tuple[str, str]] = set()  # sync actions of async apps, slow on the loop
 
     def inline(self, app: str, action: str) -> bool:
         """Whether the next run of ``action`` (of app ``app``) goes on the event loop."""
@@ -89,6 +94,17 @@ class InlinePolicy:
                 assert after is not None
                 slept, cpu = after[0] - before[0], after[1] - before[1]
             self.observe(app, action, seconds, inline=True, slept=slept, cpu=cpu)
+
+    def on_loop(self, app: str, action: str, seconds: float) -> None:
+        """A sync action of an async app ran on the loop (there is nowhere else: Burr's astep)."""
+        if seconds <= DEMOTE_FACTOR * self.budget or (app, action) in self._warned or self.budget <= 0:
+            return
+        self._warned.add((app, action))
+        log.warning(
+            "sync action %r of async app %r took %.1f ms on the event loop (Burr's astep runs the sync "
+            "actions of an async app there); other apps of this worker waited: make it async (e.g. "
+            "await asyncio.to_thread(...))", action, app, seconds * 1000, extra={"event": "inline_forced"},
+        )  # fmt: skip
 
     def observe(
         self, app: str, action: str, seconds: float, *, inline: bool,

@@ -21,19 +21,17 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from burr_dist.errors import BurrDistError, ConfigurationError, StoreRewound
+from burr_dist.errors import BurrDistError, StoreRewound
 from burr_dist.fleet.client import AsyncFleetClient
-from burr_dist.fleet.core import DEFAULT_QUEUE
 from burr_dist.fleet.registry import Registry
-from burr_dist.store.core import StoreConfig
 from burr_dist.transport.connect import aconnect, resolve_target
 from burr_dist.transport.core import Cmd
 from burr_dist.worker.claim_runner import ClaimRunner
 from burr_dist.worker.claiming import Claim, Claimer, Refused
+from burr_dist.worker.config import WorkerConfig
 from burr_dist.worker.hooks import NOOP, Observer, Recorder
 from burr_dist.worker.inline import InlinePolicy
 from burr_dist.worker.safety import check_eviction_policy, check_replicas
@@ -45,76 +43,56 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+__all__ = ["Worker", "WorkerConfig"]
+
+
 class Worker:
-    """One worker process. ``await Worker(registry, url=...).run()``, or ``run_forever()`` with
-    signal handling (first SIGTERM/SIGINT: stop claiming and hand apps back at the next step
+    """One worker process. ``await Worker(registry, WorkerConfig(url=...)).run()`` (or the same
+    settings as keywords: ``Worker(registry, url=...)``), or ``run_forever()`` with signal handling (first SIGTERM/SIGINT: stop claiming and hand apps back at the next step
     boundary; second: exit at once)."""
 
     def __init__(
         self,
         registry: Registry,
+        config: WorkerConfig | None = None,
         *,
-        url: str | None = None,
-        prefix: str = "burr",
-        queues: Sequence[str] = (DEFAULT_QUEUE,),
-        concurrency: int = 8,
-        threads: int | None = None,
-        lease_ttl: float = 10.0,
-        sweep_interval: float = 1.0,
-        max_steps_per_claim: int = 100,
-        max_seconds_per_claim: float = 30.0,
-        poll_interval: float = 0.1,
-        finished_ttl: float | None = None,
-        worker_id: str | None = None,
-        allow_evicting_redis: bool = False,
         history: HistorySink | None = None,
-        wait_replicas: int | None = None,
-        wait_timeout_ms: int | None = None,
         observer: Observer | None = None,
-        track: bool = True,
-        inline_ms: float = 2.0,
+        **settings: Any,
     ) -> None:
-        if concurrency < 1:
-            raise ConfigurationError("concurrency must be >= 1", concurrency=concurrency)
-        if lease_ttl <= 0.3:
-            raise ConfigurationError("lease_ttl must be > 0.3 s", lease_ttl=lease_ttl)
-        if not poll_interval > 0:  # also refuses NaN
-            raise ConfigurationError(
-                f"poll_interval must be > 0 s, got {poll_interval!r}", poll_interval=poll_interval
-            )
-        if not inline_ms >= 0:  # also refuses NaN
-            raise ConfigurationError(f"inline_ms must be >= 0, got {inline_ms!r}", inline_ms=inline_ms)
+        """``config``: every setting (burr_dist/worker/config.py); keyword ``settings`` (``url=``,
+        ``concurrency=``, ``prefix=``...: the fields of WorkerConfig and the store's ``prefix``,
+        ``finished_ttl``, ``wait_replicas``, ``wait_timeout_ms``) override it."""
+        cfg = WorkerConfig.from_keywords(config, **settings)
         self.registry = registry
-        self.target = resolve_target(url)
+        self.settings = cfg
+        self.target = resolve_target(cfg.url)
         self.url = self.target
-        self.config = StoreConfig.for_target(
-            self.target, prefix=prefix, finished_ttl=finished_ttl,
-            wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
-        )  # fmt: skip
-        self.queues = tuple(queues)
-        self.concurrency = concurrency
-        self.lease_ttl = lease_ttl
-        self.sweep_interval = sweep_interval
-        self.max_steps = max_steps_per_claim
-        self.max_seconds = max_seconds_per_claim
-        self.poll_interval = poll_interval
-        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.config = cfg.store_for(self.target)  # the StoreConfig every client of this worker uses
+        self.queues = cfg.queues
+        self.concurrency = cfg.concurrency
+        self.lease_ttl = cfg.lease_ttl
+        self.sweep_interval = cfg.sweep_interval
+        self.max_steps = cfg.max_steps_per_claim
+        self.max_seconds = cfg.max_seconds_per_claim
+        self.poll_interval = cfg.poll_interval
+        self.id = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._pool = ThreadPoolExecutor(
-            max_workers=threads or concurrency, thread_name_prefix="burr-dist-step"
+            max_workers=cfg.threads or cfg.concurrency, thread_name_prefix="burr-dist-step"
         )
         self._tasks: set[asyncio.Task[None]] = set()  # claims running, until their last hook returned
         self._held: dict[str, Claim] = {}  # member -> its latest claim, while its task runs
         self._stop: asyncio.Event | None = None  # created in run(), on its loop
         self.stopping = False
         self.completed_claims = 0
-        self.allow_evicting_redis = allow_evicting_redis
+        self.allow_evicting_redis = cfg.allow_evicting_redis
         self.history = history
         self.recorder = Recorder(history)
         self.fatal: StoreRewound | None = None
         self.observer = observer or NOOP
-        self.track = track  # Burr tracking records committed with each step (burr-dist ui)
+        self.track = cfg.track  # Burr tracking records committed with each step (burr-dist ui)
         # Sync actions faster than this run on the event loop (burr_dist/worker/inline.py); 0: never.
-        self.inline = InlinePolicy(budget=inline_ms / 1000)
+        self.inline = InlinePolicy(budget=cfg.inline_ms / 1000)
 
     @property
     def held_apps(self) -> int:
