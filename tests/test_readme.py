@@ -1,7 +1,8 @@
-"""Every shell command README.md shows is run by a test, so a renamed flag breaks a test, not a
-user. ``COVERED`` maps each command (as extracted from README's shell code blocks) to the test that
-runs it; a test fails when README gains a command the table does not list, or the table names a
-command or a test that no longer exists. The tests below run the commands as a user would: the
+"""Every shell command README.md and the documentation (docs/**/*.md) show is run by a test, so a
+renamed flag breaks a test, not a user. ``COVERED`` maps each command (as extracted from the shell
+code blocks of those pages, indented ones included) to the test that runs it; a test fails when a
+page gains a command the table does not list, or the table names a command or a test that no longer
+exists. The tests below run the commands as a user would: the
 CLI as a subprocess with REDIS_URL pointed at a server the suite started, the real ``redis-cli``
 (replayed with redis-py's raw connection only where the binary is missing).
 """
@@ -9,6 +10,7 @@ CLI as a subprocess with REDIS_URL pointed at a server the suite started, the re
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import json
 import os
 import re
@@ -31,9 +33,12 @@ from burr_dist.store.codec import HEADER_BYTES
 from burr_dist.testing.embedded import EmbeddedServer, free_port
 from tests.support.targets import ACL
 from tests.test_demo import make_env
+from tests.test_migrate import write_v1_app
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+# Every page whose shell commands must be covered: the README, the changelog and the docs site.
+PAGES = [README, ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]
 SHELL_INFO = {"", "sh", "shell", "bash", "console"}
 
 DEMO = "tests/test_demo.py::test_demo_end_to_end_on_the_embedded_server"
@@ -43,10 +48,14 @@ SESSION = "tests/test_readme.py::test_quickstart_and_redis_cli_session"
 BENCH = "tests/test_readme.py::test_bench_scripts_run_at_a_small_size"
 OBS = "tests/test_readme.py::test_observability_commands_from_the_readme"
 UI = "tests/test_readme.py::test_ui_command_from_the_readme"
+MIGRATE = "tests/test_readme.py::test_migrate_keys_commands"
+INSTALL = "tests/test_readme.py::test_install_commands_name_this_project_and_its_extras"
 
-# README command -> the test that runs it. `make test` is what CI runs (.ci/run); it and the long
-# targets (chaos: 8 minutes, mutants, the benchmarks) are dry-run here: each target exists and
-# every file its recipe names exists. The bench scripts themselves run small in BENCH.
+# Command shown in README or docs -> the test that runs it. `make test` is what CI runs (.ci/run);
+# it and the long targets (chaos: 8 minutes, mutants, the benchmarks, the other test suites) are
+# dry-run here: each target exists and every file its recipe names exists. The bench scripts
+# themselves run small in BENCH; `make docs` is run by tests/test_docs.py (mkdocs build --strict).
+# `pip install` of this project is checked against the installed distribution (INSTALL).
 COVERED: dict[str, str] = {
     "make demo": DEMO,
     "make test": MAKE,
@@ -59,6 +68,12 @@ COVERED: dict[str, str] = {
     "make bench-state": MAKE,
     "make mutants": MAKE,
     "make browser": MAKE,
+    "make docs": MAKE,
+    "make test-ha": MAKE,
+    "make test-acl": MAKE,
+    "pip install .": INSTALL,
+    "pip install '.[ui]'": INSTALL,
+    "pip install '.[embedded]'": INSTALL,
     ".venv/bin/python examples/quickstart.py": SESSION,
     "redis-cli --scan --pattern 'burr:*'": SESSION,
     "redis-cli HGETALL burr:{142.129}:user-1:quickstart:meta": SESSION,
@@ -76,6 +91,11 @@ COVERED: dict[str, str] = {
     "burr-dist fork APP --at 3 --app-id APP2": CLI,
     "burr-dist ls --status failed": CLI,
     "burr-dist workers": CLI,
+    "burr-dist status --json": CLI,
+    "burr-dist reconcile": CLI,
+    "burr-dist --help": CLI,
+    "burr-dist migrate-keys --dry-run": MIGRATE,
+    "burr-dist migrate-keys": MIGRATE,
     "burr-dist worker examples.apps --metrics-port 9101 --log-format json": OBS,
     "burr-dist metrics --port 9464": OBS,
     "burr-dist ui --port 7241": UI,
@@ -86,22 +106,30 @@ COVERED: dict[str, str] = {
 
 
 # -- extraction -----------------------------------------------------------------------------------
-def shell_blocks(text: str) -> list[list[str]]:
-    """The lines of each fenced code block whose info string is empty or a shell."""
-    blocks: list[list[str]] = []
+def fenced_blocks(text: str) -> list[tuple[str, list[str], str]]:
+    """(info string, lines, the line before the fence) of each fenced code block. A fence may be
+    indented (a block inside a tab or an admonition): its lines lose that indent."""
+    blocks: list[tuple[str, list[str], str]] = []
     current: list[str] | None = None
-    info = ""
+    info, indent, before, previous = "", "", "", ""
     for line in text.splitlines():
-        if line.startswith("```"):
+        stripped = line.lstrip()
+        if stripped.startswith("```"):
             if current is None:
-                current, info = [], line[3:].strip().lower()
+                current, info = [], stripped[3:].strip().lower()
+                indent, before = line[: len(line) - len(stripped)], previous.strip()
             else:
-                if info in SHELL_INFO:
-                    blocks.append(current)
+                blocks.append((info, current, before))
                 current = None
         elif current is not None:
-            current.append(line)
+            current.append(line[len(indent) :] if line.startswith(indent) else line.lstrip())
+        previous = line
     return blocks
+
+
+def shell_blocks(text: str) -> list[list[str]]:
+    """The lines of each fenced code block whose info string is empty or a shell."""
+    return [lines for info, lines, _ in fenced_blocks(text) if info in SHELL_INFO]
 
 
 def strip_comment(line: str) -> str:
@@ -126,32 +154,46 @@ def commands_of(block: list[str]) -> list[str]:
     return found
 
 
+def page_commands(page: Path) -> list[str]:
+    return [cmd for block in shell_blocks(page.read_text()) for cmd in commands_of(block)]
+
+
 def readme_commands() -> list[str]:
-    return [cmd for block in shell_blocks(README.read_text()) for cmd in commands_of(block)]
+    """Every command of README and the docs, in page order (README first), each once."""
+    return list(dict.fromkeys(cmd for page in PAGES for cmd in page_commands(page)))
 
 
-def session(first: str) -> list[tuple[str, list[str]]]:
-    """The (command, output lines) pairs of the README session whose first command is ``first``."""
-    for block in shell_blocks(README.read_text()):
-        if block and block[0] == f"$ {first}":
-            pairs: list[tuple[str, list[str]]] = []
-            for line in block:
-                if line.startswith("$ "):
-                    pairs.append((line[2:], []))
-                else:
-                    pairs[-1][1].append(line)
-            return pairs
-    raise AssertionError(f"README has no session starting with {first!r}")
+def sessions(first: str) -> list[list[tuple[str, list[str]]]]:
+    """The (command, output lines) pairs of every session, on any page, whose first command is
+    ``first`` (the same session may be shown on several pages: each must match)."""
+    found: list[list[tuple[str, list[str]]]] = []
+    for page in PAGES:
+        for block in shell_blocks(page.read_text()):
+            if block and block[0] == f"$ {first}":
+                pairs: list[tuple[str, list[str]]] = []
+                for line in block:
+                    if line.startswith("$ "):
+                        pairs.append((line[2:], []))
+                    else:
+                        pairs[-1][1].append(line)
+                found.append(pairs)
+    assert found, f"no page has a session starting with {first!r}"
+    return found
 
 
 # -- the table --------------------------------------------------------------------------------------
 def test_every_readme_command_is_covered() -> None:
     found = readme_commands()
     assert len(found) >= 25, found  # the extraction still finds the blocks
-    missing = [cmd for cmd in found if cmd not in COVERED]
-    assert missing == [], f"README commands without a test (add them to COVERED): {missing}"
+    assert len(PAGES) >= 20 and all(p.exists() for p in PAGES), PAGES  # the docs pages are read too
+    missing = {
+        str(page.relative_to(ROOT)): [cmd for cmd in page_commands(page) if cmd not in COVERED]
+        for page in PAGES
+    }
+    missing = {page: cmds for page, cmds in missing.items() if cmds}
+    assert missing == {}, f"commands without a test (add them to COVERED): {missing}"
     stale = [cmd for cmd in COVERED if cmd not in found]
-    assert stale == [], f"COVERED lists commands README no longer shows: {stale}"
+    assert stale == [], f"COVERED lists commands no page shows any more: {stale}"
 
 
 def test_covering_tests_exist() -> None:
@@ -170,6 +212,8 @@ def test_extraction_rules() -> None:
     ]
     text = "```python\nprint(1)\n```\n```\nmake demo\n```\n```sh\nls\n```"
     assert [cmd for b in shell_blocks(text) for cmd in commands_of(b)] == ["make demo", "ls"]
+    tabbed = '=== "tab"\n\n    ```\n    make docs   # in a tab\n    ```\n```text\nnot a command\n```'
+    assert [cmd for b in shell_blocks(tabbed) for cmd in commands_of(b)] == ["make docs"]
 
 
 # -- make targets ---------------------------------------------------------------------------------
@@ -220,7 +264,8 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, worker: sub
 
 
 def test_cli_commands_from_the_readme(fleet_server: EmbeddedServer, tmp_path: Path) -> None:
-    """README's fleet session, in its order, each command exactly as shown (APP/APP2 filled in)."""
+    """The fleet commands of README and the docs, in page order, each exactly as shown (APP/APP2
+    filled in)."""
     url, env = fleet_server.url, cli_env(fleet_server.url)
     commands = [cmd for cmd in readme_commands() if COVERED.get(cmd) == CLI]
     assert commands[0] == "burr-dist worker examples.apps --concurrency 8"
@@ -260,10 +305,14 @@ def test_cli_commands_from_the_readme(fleet_server: EmbeddedServer, tmp_path: Pa
         "burr-dist fork": (a_completed_counter, "forked-app created"),
         "burr-dist ls": (None, "no apps"),
         "burr-dist workers": (None, "running"),
+        "burr-dist status --json": (None, '"apps"'),
+        "burr-dist reconcile": (None, "re-queued "),
+        "burr-dist --help": (None, "Run Apache Burr apps on a fleet of workers"),
     }
     try:
         for cmd in commands[1:]:
-            [(wait, text)] = [v for k, v in expected.items() if cmd.startswith(k)]
+            longest = max((k for k in expected if cmd.startswith(k)), key=len)  # status --json, status
+            wait, text = expected[longest]
             if wait is not None:
                 wait_until(lambda w=wait: bool(w()), 60, f"the state {cmd!r} needs", worker)
             app = a_completed_counter() if cmd.startswith("burr-dist fork") else "later"
@@ -406,7 +455,9 @@ def normalize(command: str, output: str) -> Any:
 def test_quickstart_and_redis_cli_session(fleet_server: EmbeddedServer, replay: bool) -> None:
     if not replay and shutil.which("redis-cli") is None:
         pytest.skip("no redis-cli binary: the replayed variant covers the session")
-    [(cmd, expected)] = session(".venv/bin/python examples/quickstart.py")
+    shown = sessions(".venv/bin/python examples/quickstart.py")
+    [(cmd, expected)] = shown[0]
+    assert all(other == shown[0] for other in shown), "the pages show different quickstart outputs"
     args = shlex.split(cmd)
     assert args[0] == ".venv/bin/python"
     result = subprocess.run(
@@ -415,7 +466,7 @@ def test_quickstart_and_redis_cli_session(fleet_server: EmbeddedServer, replay: 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == expected
 
-    pairs = session("redis-cli --scan --pattern 'burr:*'")
+    [pairs] = sessions("redis-cli --scan --pattern 'burr:*'")
     assert [c for c, _ in pairs] == [c for c in COVERED if c.startswith("redis-cli ")]
     for cmd, shown in pairs:
         args = shlex.split(cmd)
@@ -500,3 +551,53 @@ def test_bench_scripts_run_at_a_small_size(fleet_server: EmbeddedServer) -> None
     assert list(last) == ["ratio_vs_rq", "ratio_vs_arq", "same_work_one", "same_work_ten",
                           "server_us_per_app", "start_p50_ms"], lines[-1]  # fmt: skip
     assert float(last["server_us_per_app"]) > 0 and float(last["start_p50_ms"]) >= 0, lines[-1]
+
+
+# -- migrate-keys and pip install ------------------------------------------------------------------
+@pytest.mark.skipif(
+    ACL, reason="migrate-keys is an admin operation: RENAME and MULTI/EXEC are not in ACL_RULES"
+)
+def test_migrate_keys_commands(fleet_server: EmbeddedServer) -> None:
+    """`migrate-keys --dry-run` then `migrate-keys`, as shown, on a fleet with one app of the 0.1
+    layout (tests/test_migrate.py covers every kind of key)."""
+    commands = [cmd for cmd in readme_commands() if COVERED.get(cmd) == MIGRATE]
+    assert commands == ["burr-dist migrate-keys --dry-run", "burr-dist migrate-keys"]
+    client = redis.Redis(port=fleet_server.port)
+    write_v1_app(client, "user 1", "chat:1", "queued", "default")
+    client.close()
+    outputs = []
+    for cmd in commands:
+        result = subprocess.run(
+            [*burr_dist_exe(), *shlex.split(cmd)[1:]],
+            cwd=ROOT, env=cli_env(fleet_server.url), capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 0, (cmd, result.stdout, result.stderr)
+        outputs.append(result.stdout.strip())
+    assert outputs == ["would move 1 apps and 0 queue entries", "moved 1 apps and 1 queue entries"]
+
+
+def test_install_commands_name_this_project_and_its_extras() -> None:
+    """`pip install .` / `pip install '.[EXTRA]'` as shown: the directory is this project, each
+    extra exists, and what it requires is installed here (so pip would resolve it)."""
+    commands = [cmd for cmd in readme_commands() if COVERED.get(cmd) == INSTALL]
+    assert commands, "no pip install command is shown"
+    assert re.search(r'(?m)^name = "burr_dist"$', (ROOT / "pyproject.toml").read_text())
+    meta = importlib.metadata.metadata("burr_dist")
+    extras = set(meta.get_all("Provides-Extra") or [])
+    requires = meta.get_all("Requires-Dist") or []
+    for cmd in commands:
+        args = shlex.split(cmd)
+        assert args[:2] == ["pip", "install"] and len(args) == 3, cmd
+        found = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", args[2])
+        assert found is not None, cmd
+        for extra in (found.group(1) or "").split(","):
+            if not extra:
+                continue
+            assert extra in extras, (cmd, sorted(extras))
+            wanted = [r for r in requires if re.search(rf"""extra == ["']{extra}["']""", r)]
+            assert wanted, (cmd, extra)
+            for req in wanted:
+                name = re.split(r"[\s\[<>=!~;(]", req, maxsplit=1)[0]
+                if name.replace("-", "_") == "burr_dist":
+                    continue
+                importlib.metadata.version(name)  # PackageNotFoundError if the extra is not installed
