@@ -9,7 +9,7 @@ encoded queue name, ``T`` a bucket tag, ``U`` a queue-shard tag, see below)::
     burr:{T}:P:A:snaps     hash   sequence id -> snapshot JSON (the last ``keep`` steps)
     burr:{T}:P:A:lease     string lease token, expires on the server's clock (PX)
     burr:{T}:P:A:job       hash   fleet record: app name, status, attempts, last error, inputs...
-    burr:{T}:P:A:track     hash   Burr tracking (issue 11, tracking.py): sequence id -> that step's
+    burr:{T}:P:A:track     hash   Burr tracking (tracking.py): sequence id -> that step's
                                   records (JSON list, no state); 'app' -> graph + metadata; 'lo'
                                   -> lowest sequence still kept (trimmed to ``keep`` by commit.lua)
     burr:{T}:P:apps        zset   app ids of partition P in bucket T, scored by first commit (ms)
@@ -153,7 +153,7 @@ class AppKeys:
     job: str
     counts: str
     bucket: int
-    track: str  # Burr tracking records (issue 11); written by commit.lua only when it gets some
+    track: str  # Burr tracking records; written by commit.lua only when it gets some
 
 
 @dataclass(frozen=True)

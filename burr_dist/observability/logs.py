@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-# The stable event names (README, "Observability"); a record's `event` is one of these or "log".
+# The stable event names (docs: guides/observability.md); a record's `event` is one of these or "log".
 EVENTS = (
     "worker_started",
     "worker_stopping",

@@ -1,4 +1,4 @@
-"""Burr tracking records written with the commit (issue 11): what ``burr-dist ui`` shows.
+"""Burr tracking records written with the commit: what ``burr-dist ui`` shows.
 
 :class:`StepTracker` is a Burr lifecycle hook. While a step runs it buffers the records Burr's
 ``LocalTrackingClient`` would write to ``log.jsonl`` (``begin_entry``, ``end_entry``, spans,

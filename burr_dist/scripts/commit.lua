@@ -11,7 +11,7 @@
 -- KEYS[5] job    hash   fleet record: its 'cancel' field is read when meta's hint is set or with
 --                       a settle (absent outside a fleet), and a settle (below) writes it
 -- KEYS[6] counts hash   the bucket's status counters (given, and written, only with a settle)
--- KEYS[#KEYS] track hash tracking records (issue 11), given only with ARGV[15]: then it is the
+-- KEYS[#KEYS] track hash tracking records, given only with ARGV[15]: then it is the
 --                       last key (KEYS[7] with a settle, KEYS[6] without). Not declared otherwise:
 --                       a declared key that is absent during a slot migration gets TRYAGAIN.
 -- ARGV[1] seq     sequence id of the step being committed
@@ -130,7 +130,7 @@ if floor > oldest then
 end
 local set = {'head', ARGV[1], 'pos', ARGV[3], 'status', ARGV[4], 'oldest', oldest_s,
   'base', low_s, 'wid', ARGV[5]}
--- Tracking (issue 11): stored only here, after every check passed (a refused commit stores
+-- Tracking: stored only here, after every check passed (a refused commit stores
 -- nothing; a replayed write id returned above), trimmed to the same retention as the snapshots.
 if ARGV[15] ~= nil and ARGV[15] ~= '' then
   local track, keep = KEYS[#KEYS], tonumber(ARGV[6])

@@ -8,7 +8,7 @@ Accepted forms (``s`` variants use TLS)::
     redis[s]+sentinel://[user:password@]host:port[,host:port...]/service_name[/db][?options]
 
 Options (query string): ``wait_replicas``, ``wait_timeout_ms`` (replication confirmation, see
-docs in README "Topologies"), ``socket_timeout``, ``ssl_ca_certs``, ``ssl_certfile``,
+docs/guides/topologies.md), ``socket_timeout``, ``ssl_ca_certs``, ``ssl_certfile``,
 ``ssl_keyfile``, ``ssl_cert_reqs`` (required|optional|none), ``ssl_check_hostname``,
 ``sentinel_username``, ``sentinel_password`` (when the sentinels have their own credentials),
 ``db``. Anything else is refused with an error naming it, so a typo cannot silently turn

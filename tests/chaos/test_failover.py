@@ -183,7 +183,7 @@ def assert_loss_flagged(out: Outcome) -> None:
 def new_run(name: str, endpoint: Endpoint, tmp: Path, steps: int = 15) -> ChaosRun:
     """20 apps (200 large) of ``steps`` ticks (25 large), a tick every 0.1 s, arrivals spread over
     5 s (21 s large): the faults land mid-run (the second forced failover comes 17 s in; the
-    workers, faster since issue 10, finished 14 s of arrivals before it)."""
+    workers, faster now, finished 14 s of arrivals before it)."""
     apps, steps = size((20, steps))
     return ChaosRun(name, endpoint, tmp, apps=apps, steps=steps, delay=0.1, stagger=spread(0.7, 3.0))
 
