@@ -25,6 +25,7 @@ from burr_dist.transport.connect import aconnect
 
 BURR_CONTRACT = {
     "load",
+    "load_or_raise",  # load with SnapshotNotFound for a missing sequence: the same arguments
     "save",
     "list_app_ids",
     "save_and_settle",
