@@ -19,6 +19,14 @@ class ConfigurationError(BurrDistError, ValueError):
     """A setting or argument is invalid (bad prefix, unknown app name, bad id...)."""
 
 
+class InputsRefused(ConfigurationError):
+    """A resume named inputs no action of the parked app declares; nothing was stored.
+    ``unknown`` and ``accepted`` list the names."""
+
+    unknown: list[str]
+    accepted: list[str]
+
+
 class RedisUnavailable(BurrDistError, ConnectionError):
     """Redis could not be reached after bounded retries."""
 

@@ -13,7 +13,7 @@ import pytest
 from burr.core import Application, expr
 
 from burr_dist import FleetClient
-from burr_dist.errors import ConfigurationError
+from burr_dist.errors import ConfigurationError, InputsRefused
 from burr_dist.keys import partition_of
 from tests.conftest import KINDS, TARGETS
 from tests.support import shapes
@@ -144,20 +144,35 @@ def test_sync_streaming_action_in_a_sync_app(fleet: Shapes) -> None:
     assert got["seen"] == [0, 1, 2, 3]
 
 
-def test_resume_with_an_input_no_action_declares_parks_again_with_the_names(fleet: Shapes) -> None:
+def test_resume_with_an_input_no_action_declares_is_refused_at_once(fleet: Shapes) -> None:
     fleet.fc.enqueue("shape_hitl", "typo-1")
     fleet.wait("typo-1", "waiting")
-    before = fleet.fc.history("typo-1")
-    assert fleet.fc.resume("typo-1", {"promtp": "hi"}) == "queued"
-    job = fleet.wait("typo-1", "waiting")
-    assert "['promtp']" in job["last_error"] and "'prompt'" in job["last_error"], job
-    assert fleet.fc.history("typo-1") == before  # nothing ran
-    shown = cli_json(fleet.url, "show", "typo-1")
-    assert shown["status"] == "waiting" and "promtp" in shown["last_error"]
+    job, history = fleet.fc.job("typo-1"), fleet.fc.history("typo-1")
+    with pytest.raises(InputsRefused, match=r"inputs \['promtp'\] are declared by no action") as e:
+        fleet.fc.resume("typo-1", {"promtp": "hi"})
+    assert e.value.unknown == ["promtp"] and "prompt" in e.value.accepted
+    done = cli(fleet.url, "resume", "typo-1", "--inputs", '{"promtp": "hi", "prompt": "x"}')
+    assert done.returncode == 6 and b"promtp" in done.stdout + done.stderr, done
+    assert b"Traceback" not in done.stdout + done.stderr
+    assert fleet.fc.job("typo-1") == job and fleet.fc.history("typo-1") == history  # nothing stored
     fleet.fc.resume("typo-1", {"prompt": "hi"})  # the right name: it runs
     job = fleet.wait("typo-1", "waiting")
     assert fleet.state("typo-1")["turns"] == 1 and job.get("inputs") is None
-    assert cli(fleet.url, "show", "typo-1").returncode == 0
+
+
+def test_a_park_that_recorded_no_accepted_names_is_checked_at_claim_time(fleet: Shapes) -> None:
+    """An app parked by a worker that records no accepted names (an older version): the resume
+    goes through, and the worker that claims it parks it again with the names in last_error."""
+    fleet.fc.enqueue("shape_hitl", "typo-2")
+    fleet.wait("typo-2", "waiting")
+    fleet.fc.client.hdel(fleet.fc.keys(None, "typo-2").job, "accepts")
+    before = fleet.fc.history("typo-2")
+    assert fleet.fc.resume("typo-2", {"promtp": "hi"}) == "queued"
+    job = fleet.wait("typo-2", "waiting")
+    assert "['promtp']" in job["last_error"] and "'prompt'" in job["last_error"], job
+    assert fleet.fc.history("typo-2") == before  # nothing ran
+    shown = cli_json(fleet.url, "show", "typo-2")
+    assert shown["status"] == "waiting" and "promtp" in shown["last_error"]
 
 
 def test_local_runs_differ_from_each_other() -> None:

@@ -14,7 +14,13 @@ from typing import Any
 import orjson
 from burr.core.state import State
 
-from burr_dist.errors import AppNotFound, AppNotRunnable, ConfigurationError, SerializationError
+from burr_dist.errors import (
+    AppNotFound,
+    AppNotRunnable,
+    ConfigurationError,
+    InputsRefused,
+    SerializationError,
+)
 from burr_dist.keys import KeySchema, check_id, partition_of
 from burr_dist.scripts import script
 from burr_dist.store import codec
@@ -226,6 +232,13 @@ class FleetCore(StoreCore):
             raise AppNotFound(
                 f"no app {app_id!r} in partition {partition_of(partition_key)!r}", app_id=app_id
             )
+        if code == -3:
+            unknown, accepted = orjson.loads(reply[1]), orjson.loads(reply[2])
+            raise InputsRefused(
+                f"cannot resume app {app_id!r}: inputs {unknown} are declared by no action of the app "
+                f"(it takes {accepted}); nothing was stored",
+                app_id=app_id, unknown=unknown, accepted=accepted,
+            )  # fmt: skip
         status = _s(reply[1])
         if code == 0:
             raise AppNotRunnable(
@@ -238,6 +251,7 @@ class FleetCore(StoreCore):
     def settle_call(
         self, partition_key: str | None, app_id: str, token: str, status: str, *, delay: float = 0.0,
         attempts: str = "keep", error: str = "", waiting_for: str = "", consumed: bool = False,
+        accepts: str = "",
     ) -> Call:  # fmt: skip
         k = self.keys(partition_key, app_id)
         args: tuple[str | int, ...] = (
@@ -248,6 +262,7 @@ class FleetCore(StoreCore):
             error[:4000],
             waiting_for,
             "1" if consumed else "0",
+            *((accepts,) if accepts else ()),
         )
         return Call(script("settle"), (k.lease, k.job, k.counts), args)
 

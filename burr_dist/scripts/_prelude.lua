@@ -68,7 +68,8 @@ end
 -- lease (the caller checked the lease is this worker's). Shared by settle.lua and commit.lua (a
 -- claim's last step commits and settles in one script). `a` holds the settle arguments:
 -- token, status, delay_ms, attempts ("reset" | "incr" | "keep" | a count), error, waiting_for,
--- consumed ("1" when pending inputs were used). `cur` is the record's {cancel, status, attempts}
+-- consumed ("1" when pending inputs were used), accepts (for waiting: the JSON list of input names
+-- the app's actions declare, which control.lua checks a resume against; "" or nil: no check). `cur` is the record's {cancel, status, attempts}
 -- as read by the caller (one HMGET serves both); `now` is now_str(). One write of the record;
 -- returns {status, run_at, attempts} (strings).
 local function settle_job(lease, job, counts, a, now, cur)
@@ -87,7 +88,7 @@ local function settle_job(lease, job, counts, a, now, cur)
     attempts = a.attempts
   end
   local set = {'status', status, 'worker', '', 'updated_at', now, 'run_at', run_at,
-    'waiting_for', a.waiting_for, 'settled', a.token}
+    'waiting_for', a.waiting_for, 'settled', a.token, 'accepts', a.accepts or ''}
   if attempts then
     set[#set + 1], set[#set + 2] = 'attempts', attempts
   end

@@ -28,6 +28,8 @@
 --                 (then ARGV[10..14] are absent, or "" when tracking follows)
 -- ARGV[15] track  this step's Burr tracking records (JSON list, tracking.py), absent or "": none
 -- ARGV[16] app    the app's graph and metadata (JSON) to store with them, or "" (sent once a build)
+-- ARGV[17] accepts  with a waiting settle: settle.lua's ARGV[8] (then ARGV[15..16] are "" when
+--                 nothing is tracked)
 -- Returns {1, seq, cancel, settled...} committed (cancel is "1" when a cancel was requested;
 -- settled is {status, run_at, attempts} when a settle was asked for); {2, seq, cancel, settled...}
 -- this very write was already committed (retry after a lost reply, also when that first send
@@ -81,7 +83,7 @@ local function finish(code)
   local cur = redis.call('HMGET', KEYS[5], 'cancel', 'status', 'attempts')
   return reply(code, cur[1] or '', settle_job(KEYS[3], KEYS[5], KEYS[6], {token = token,
     status = ARGV[9], delay_ms = ARGV[10], attempts = ARGV[11], error = ARGV[12],
-    waiting_for = ARGV[13], consumed = ARGV[14]}, now(), cur))
+    waiting_for = ARGV[13], consumed = ARGV[14], accepts = ARGV[17]}, now(), cur))
 end
 -- meta[5], 'tlo', mirrors the tracking hash's 'lo' (the lowest record kept).
 local head = meta[1]

@@ -9,7 +9,9 @@
 -- ARGV[3] op_id   random id of this request, the same on a retry
 -- Returns {1, new_status, run_at_ms_or_"", queue} applied (also to a retry of an applied
 -- request); {2, "running"} cancel requested of a running app (it stops before its next step);
--- {0, status} not allowed in this status; {-1} no such app.
+-- {0, status} not allowed in this status; {-1} no such app; {-3, unknown, accepts} a resume
+-- naming inputs no action of the parked app declares (JSON lists; the worker that parked it
+-- recorded 'accepts'), nothing written.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return {-1}
@@ -26,6 +28,22 @@ local op = ARGV[1]
 if op == 'resume' then
   if status ~= 'waiting' then
     return {0, status}
+  end
+  local accepts = redis.call('HGET', KEYS[1], 'accepts')
+  if accepts and accepts ~= '' and ARGV[2] ~= '' then
+    local known, unknown = {}, {}
+    for _, name in ipairs(cjson.decode(accepts)) do
+      known[name] = true
+    end
+    for name in pairs(cjson.decode(ARGV[2])) do
+      if not known[name] then
+        unknown[#unknown + 1] = name
+      end
+    end
+    if #unknown > 0 then
+      table.sort(unknown)
+      return {-3, cjson.encode(unknown), accepts}
+    end
   end
   redis.call('HSET', KEYS[1], 'status', 'queued', 'inputs', ARGV[2], 'run_at', now,
     'inputs_at', redis.call('HGET', KEYS[2], 'head') or '', 'waiting_for', '', 'updated_at', now,

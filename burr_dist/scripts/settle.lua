@@ -11,6 +11,7 @@
 -- ARGV[5] error        last error text ("" leaves it)
 -- ARGV[6] waiting_for  action awaiting input, for waiting
 -- ARGV[7] consumed     "1" when the pending inputs were used by a committed step
+-- ARGV[8] accepts      for waiting: JSON list of the input names the app declares (absent: none)
 -- Returns {1, status, run_at_ms, attempts} settled, also to a retry whose first send settled
 -- (its lost reply); {0} the lease was not ours.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -21,6 +22,6 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {0}
 end
 local r = settle_job(KEYS[1], KEYS[2], KEYS[3], {token = ARGV[1], status = ARGV[2], delay_ms = ARGV[3],
-  attempts = ARGV[4], error = ARGV[5], waiting_for = ARGV[6], consumed = ARGV[7]}, now_str(),
+  attempts = ARGV[4], error = ARGV[5], waiting_for = ARGV[6], consumed = ARGV[7], accepts = ARGV[8]}, now_str(),
   redis.call('HMGET', KEYS[2], 'cancel', 'status', 'attempts'))
 return {1, r[1], r[2], r[3]}

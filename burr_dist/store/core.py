@@ -164,6 +164,7 @@ class Settle:
     error: str = ""
     waiting_for: str = ""
     consumed: bool = False
+    accepts: str = ""  # for waiting: JSON list of the input names a resume may give
 
     def args(self) -> tuple[str | int, ...]:
         return (self.status, self.delay_ms, self.attempts, self.error[:4000], self.waiting_for,
@@ -302,7 +303,13 @@ class StoreCore:
             (sequence_id, blob, position, status, write_id, self.config.keep, token, app_id,
              *(settle.args() if settle is not None else ("",))),
         )  # fmt: skip
-        return call if track is None else self._with_track(call, k, settle, track)
+        if track is not None:
+            call = self._with_track(call, k, settle, track)
+        if settle is not None and settle.accepts:  # ARGV[17], after the (maybe empty) track
+            call = Call(
+                call.script, call.keys, (*call.args, *(("", "") if track is None else ()), settle.accepts)
+            )
+        return call
 
     @staticmethod
     def _with_track(call: Call, k: AppKeys, settle: Settle | None, track: tuple[bytes, bytes]) -> Call:

@@ -99,6 +99,19 @@ class _Run:
         return self.inputs is not None and self.end in ("completed", "waiting", "cancelled")
 
 
+def declared_inputs(app: Application[Any]) -> list[str]:
+    """The input names the app's actions declare (Burr's own ``__`` inputs left out)."""
+    return sorted({
+        n for a in app.graph.actions for names in a.optional_and_required_inputs for n in names
+        if not n.startswith("__")
+    })  # fmt: skip
+
+
+def accepts_json(app: Application[Any]) -> str:
+    """What a park records for control.lua to check a resume's input names against."""
+    return orjson.dumps(declared_inputs(app)).decode()
+
+
 class ClaimRunner:
     """Runs claims of one worker. Shares the worker's thread pool (sync apps) and stop flag."""
 
@@ -276,27 +289,30 @@ class ClaimRunner:
 
     @staticmethod
     def _undeclared(run: _Run) -> list[str]:
-        """Input names no action of the app declares (Burr would drop them without a word)."""
+        """Input names no action of the app declares (Burr would drop them without a word). A
+        resume is refused at once by control.lua against what the park recorded (``accepts``);
+        this catches what that check cannot: inputs given at enqueue, or an app parked by an older
+        worker that recorded none."""
         if not run.inputs:
             return []
-        declared = {
-            n for a in run.app.graph.actions for names in a.optional_and_required_inputs for n in names
-        }
-        return sorted(set(run.inputs) - declared)
+        return sorted(set(run.inputs) - set(declared_inputs(run.app)))
 
     async def _inputs_refused(self, run: _Run, names: list[str]) -> tuple[str, int | None]:
         """Park the app again, its state untouched, the inputs dropped and the reason recorded:
         the client cannot check names against a graph it does not have."""
         nxt = run.app.get_next_action()
-        declared = sorted({n for a in run.app.graph.actions for ns in a.optional_and_required_inputs for n in ns
-                           if not n.startswith("__")})  # fmt: skip
         text = (f"inputs {names} are declared by no action of app {run.spec.name!r} (declared: "
-                f"{declared}); nothing ran: resume it again with the right names")  # fmt: skip
+                f"{declared_inputs(run.app)}); nothing ran: resume it again with the right names")  # fmt: skip
         log.warning(
             "app %s: %s", run.lease.app_id, text, extra=self._fields(run.lease, "inputs_refused", text)
         )
         result = await self._settle(
-            run.lease, "waiting", waiting_for=nxt.name if nxt is not None else "", error=text, consumed=True
+            run.lease,
+            "waiting",
+            waiting_for=nxt.name if nxt is not None else "",
+            error=text,
+            consumed=True,
+            accepts=accepts_json(run.app),
         )
         await self._emit("parked", run.spec.name, run.lease, run.app, text)
         return result
@@ -340,7 +356,13 @@ class ClaimRunner:
         run.waiting_for = info if run.end == "waiting" else ""
         settle = {
             "completed": Settle("completed", attempts="reset", consumed=run.consumed),
-            "waiting": Settle("waiting", attempts="0", waiting_for=run.waiting_for, consumed=run.consumed),
+            "waiting": Settle(
+                "waiting",
+                attempts="0",
+                waiting_for=run.waiting_for,
+                consumed=run.consumed,
+                accepts=accepts_json(run.app),
+            ),
             "handed_back": Settle("queued", attempts="0", consumed=run.consumed),
         }[run.end]
         run.release_op = self.recorder.invoke("release", run.lease)
@@ -458,7 +480,7 @@ class ClaimRunner:
         if run.end == "completed":
             kw["attempts"] = "reset"
         elif run.end == "waiting":
-            kw["waiting_for"] = run.waiting_for
+            kw["waiting_for"], kw["accepts"] = run.waiting_for, accepts_json(run.app)
         result = await self._settle(lease, status, **kw)
         await self._emit({"waiting": "parked"}.get(run.end, run.end), name, lease, app)
         self._log_settled(lease, app, run.end)
