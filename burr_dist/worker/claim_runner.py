@@ -37,10 +37,8 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from burr.core import Application
 
 from burr_dist.errors import LeaseError, LeaseLost, SequenceConflict, SerializationError, StoreRewound
@@ -50,66 +48,26 @@ from burr_dist.store.core import Committed, Settle
 from burr_dist.store.lease import AsyncLease
 from burr_dist.store.persister import AsyncRedisPersister
 from burr_dist.transport.core import Cmd
-from burr_dist.worker.building import AppFactory, Built
+from burr_dist.worker.building import AppFactory
 from burr_dist.worker.claiming import Claim, Outbox
 from burr_dist.worker.failures import describe, is_poison
 from burr_dist.worker.hooks import NOOP, Observer, Recorder
 from burr_dist.worker.inline import InlinePolicy
+from burr_dist.worker.run_state import (
+    Limits,
+    Run,
+    accepts_json,
+    decide,
+    declared_inputs,
+    new_run,
+    settle_for,
+    undeclared,
+)
 
 if TYPE_CHECKING:
     from burr_dist.fleet.client import AsyncFleetClient
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Run:
-    """One claim in progress: what the step loop knows and how the claim ended."""
-
-    spec: AppSpec
-    lease: AsyncLease
-    persister: Any
-    # Inputs of the current run (given by resume or enqueue): passed to every step, as Burr's
-    # run(inputs=...) does, until the app parks or completes (then the settle clears them).
-    inputs: dict[str, Any] | None
-    app: Application[Any]
-    is_async: bool  # built with abuild(): every step through astep
-    # The first step of this claim runs even when its action is in halt_before: it starts a run
-    # (the step a resume asked for) or re-runs a failed step. Burr's run() also always runs one
-    # step before it tests a halt condition.
-    pass_halt: bool = False
-    steps: int = 0
-    started: float = field(default_factory=time.monotonic)
-    end: str = ""  # completed | waiting | handed_back | cancelled | action_failed | poisoned
-    waiting_for: str = ""
-    position: str = ""  # the action that failed
-    error: Exception | None = None
-    settled: tuple[str, int, int] | None = None  # the last commit also settled: (status, run_at, attempts)
-    release_op: str | None = None  # chaos history: the settle sent with the last commit
-    # The next action as _plan_settle found it after the last step (the commit leaves the state
-    # alone): the loop's next _decide takes it instead of asking Burr again (an expr() condition
-    # compiles its expression on every evaluation).
-    next_action: Any = None
-    next_known: bool = False
-    seq_before: int | None = None  # the app's sequence id before the step in progress
-
-    @property
-    def consumed(self) -> bool:
-        """Whether the settle clears the run's inputs: only when the run ended."""
-        return self.inputs is not None and self.end in ("completed", "waiting", "cancelled")
-
-
-def declared_inputs(app: Application[Any]) -> list[str]:
-    """The input names the app's actions declare (Burr's own ``__`` inputs left out)."""
-    return sorted({
-        n for a in app.graph.actions for names in a.optional_and_required_inputs for n in names
-        if not n.startswith("__")
-    })  # fmt: skip
-
-
-def accepts_json(app: Application[Any]) -> str:
-    """What a park records for control.lua to check a resume's input names against."""
-    return orjson.dumps(declared_inputs(app)).decode()
 
 
 class ClaimRunner:
@@ -142,6 +100,7 @@ class ClaimRunner:
         self.max_steps = max_steps
         self.max_seconds = max_seconds
         self._stopping = stopping
+        self.limits = Limits(stopping, max_steps, max_seconds)
         self.recorder = recorder
         self.on_rewound = on_rewound
         self.observer = observer
@@ -266,38 +225,15 @@ class ClaimRunner:
         graph = self.graphs.missing(persister.core.tracker)
         if graph is not None:
             await self._store_graph(*graph)
-        run = self._new_run(spec, lease, built)
+        run = new_run(spec, lease, built)
         await self._emit("claimed", name, lease, run.app)
-        refused = self._undeclared(run)
+        refused = undeclared(run)
         if refused:
             return await self._inputs_refused(run, refused)
         await self._steps(run)
         return await self._finish(run)
 
-    def _new_run(self, spec: AppSpec, lease: AsyncLease, built: Built) -> _Run:
-        """The claim's run: its inputs (set by resume or enqueue until the run that used them
-        parks or completes: inputs_at "-") and whether its first step passes halt_before."""
-        job, head = lease.job, lease.head
-        at = job.get("inputs_at", "-")
-        inputs = orjson.loads(job["inputs"]) if at != "-" and job.get("inputs") else None
-        head_seq = head["sequence_id"] if head is not None else None
-        resumed = inputs is not None and at == ("" if head_seq is None else str(head_seq))
-        rerun = head is not None and head["status"] == "failed"
-        return _Run(
-            spec, lease, built.persister, inputs, built.app, built.is_async, pass_halt=resumed or rerun
-        )
-
-    @staticmethod
-    def _undeclared(run: _Run) -> list[str]:
-        """Input names no action of the app declares (Burr would drop them without a word). A
-        resume is refused at once by control.lua against what the park recorded (``accepts``);
-        this catches what that check cannot: inputs given at enqueue, or an app parked by an older
-        worker that recorded none."""
-        if not run.inputs:
-            return []
-        return sorted(set(run.inputs) - set(declared_inputs(run.app)))
-
-    async def _inputs_refused(self, run: _Run, names: list[str]) -> tuple[str, int | None]:
+    async def _inputs_refused(self, run: Run, names: list[str]) -> tuple[str, int | None]:
         """Park the app again, its state untouched, the inputs dropped and the reason recorded:
         the client cannot check names against a graph it does not have."""
         nxt = run.app.get_next_action()
@@ -327,48 +263,20 @@ class ClaimRunner:
             return
         self.graphs.stored(digest)
 
-    def _decide(self, run: _Run, prior: Any = None) -> tuple[str, Any]:
-        """What to do next with a claimed app (no I/O): step, or end the claim and how.
-        ``prior``: the action that just ran (its halt_after), None before the claim's first step."""
-        if run.next_known:
-            nxt, run.next_action, run.next_known = run.next_action, None, False
-        else:
-            nxt = run.app.get_next_action()
-        if nxt is None:
-            return "completed", None
-        # Burr's order: halt_before first, then halt_after; both park before the next action.
-        if nxt.name in run.spec.halt_before and not (run.pass_halt and run.steps == 0):
-            return "waiting", nxt.name
-        if prior is not None and prior.name in run.spec.halt_after:
-            return "waiting", nxt.name
-        if self.stopping or run.steps >= self.max_steps or time.monotonic() - run.started >= self.max_seconds:
-            return "handed_back", None
-        return "step", nxt
-
-    def _plan_settle(self, run: _Run, action: Any) -> Settle | None:
+    def _plan_settle(self, run: Run, action: Any) -> Settle | None:
         """Called once a step ran, before its commit: account for the step and, when the claim
         ends after it, the settle to send with the commit (one round trip instead of two)."""
         run.steps += 1
-        run.end, info = self._decide(run, action)
+        run.end, info = decide(run, self.limits, action)
         if run.end == "step":
             run.next_action, run.next_known = info, True
             return None
         run.waiting_for = info if run.end == "waiting" else ""
-        settle = {
-            "completed": Settle("completed", attempts="reset", consumed=run.consumed),
-            "waiting": Settle(
-                "waiting",
-                attempts="0",
-                waiting_for=run.waiting_for,
-                consumed=run.consumed,
-                accepts=accepts_json(run.app),
-            ),
-            "handed_back": Settle("queued", attempts="0", consumed=run.consumed),
-        }[run.end]
+        settle = settle_for(run)
         run.release_op = self.recorder.invoke("release", run.lease)
         return settle
 
-    def _step_done(self, run: _Run, committed: Committed | None) -> bool:
+    def _step_done(self, run: Run, committed: Committed | None) -> bool:
         """Book-keeping after a committed step; True when the claim ends here."""
         # A committed step ends a run of failures: attempts count consecutive failures (the
         # settles of this claim send the count it holds, see _settle).
@@ -387,7 +295,7 @@ class ClaimRunner:
         run.end = ""
         return False
 
-    def _commit_failed(self, run: _Run, error: BaseException) -> None:
+    def _commit_failed(self, run: Run, error: BaseException) -> None:
         if run.release_op is not None:
             # A refused encode sent nothing: the settle it carried certainly did not happen.
             self.recorder.complete(
@@ -395,11 +303,11 @@ class ClaimRunner:
             )
             run.release_op = None
 
-    async def _steps(self, run: _Run) -> None:
+    async def _steps(self, run: Run) -> None:
         """Step and commit until the claim ends. Every commit goes through the async persister
         (no sync client, no thread for I/O)."""
         while True:
-            run.end, info = self._decide(run)
+            run.end, info = decide(run, self.limits)
             if run.end != "step":
                 run.waiting_for = info if run.end == "waiting" else ""
                 return
@@ -418,7 +326,7 @@ class ClaimRunner:
             if self._step_done(run, run.persister.core.last_commit):
                 return
 
-    async def _commit(self, run: _Run, action: Any, state: Any) -> bool:
+    async def _commit(self, run: Run, action: Any, state: Any) -> bool:
         """Commit the step just run (with the claim's settle when it is the last); False when
         the commit was refused for the app's own reason (a poison pill: run.end says so)."""
         try:
@@ -437,7 +345,7 @@ class ClaimRunner:
         self.observer.committed(run.spec.name, "completed", time.perf_counter() - started)
         return True
 
-    async def _step(self, run: _Run, nxt: Any) -> Any:
+    async def _step(self, run: Run, nxt: Any) -> Any:
         """One Burr step of ``run``'s app: (action, result, state). An abuild() app steps with
         astep, as Burr's arun does (Burr refuses step() on it): async actions on the loop, and
         sync ones too (Burr's choice; inline.py warns when one is slow). A sync app's sync
@@ -458,7 +366,7 @@ class ClaimRunner:
         self.inline.observe(name, action, seconds, inline=False)
         return out
 
-    async def _finish(self, run: _Run) -> tuple[str, int | None]:
+    async def _finish(self, run: Run) -> tuple[str, int | None]:
         """Settle (with the queue ack) as the claim's end asks, and tell the hooks."""
         lease, name, app = run.lease, run.spec.name, run.app
         if run.settled is not None:  # the last commit settled too
@@ -491,7 +399,7 @@ class ClaimRunner:
             log.debug("app %s settled: %s", lease.app_id, outcome,
                       extra=self._fields(lease, "settled", outcome=outcome, sequence_id=app.sequence_id))  # fmt: skip
 
-    async def _action_failed(self, run: _Run) -> tuple[str, int | None]:
+    async def _action_failed(self, run: Run) -> tuple[str, int | None]:
         """An action raised. Burr's contract: the failed step is saved with the state from before
         the action; the rebuilt app re-runs the action at the next sequence id."""
         assert run.error is not None
