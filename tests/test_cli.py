@@ -185,6 +185,8 @@ def test_json_error_document(target: Target) -> None:
 # -- bad input changes nothing ---------------------------------------------------------------------
 BAD_INPUTS = [
     (["enqueue", "nope", "--module", "examples.apps"], 6, "unknown app name 'nope'"),
+    (["enqueue", "counter", "--delay", "nan"], 2, "--delay: must be a finite number of seconds"),
+    (["enqueue", "counter", "--delay", "inf"], 2, "--delay: must be a finite number of seconds"),
     (
         ["enqueue", "counter", "--module", "broken_app_module"],
         6,
@@ -389,3 +391,15 @@ def test_worker_process_runs_apps_and_stops_on_sigterm(target: Target, tmp_path:
     assert (long["status"], long["lease_holder"]) == ("queued", None) and long["sequence_id"] >= 5
     queue = ok(url, "status")["queues"]["default"]
     assert (queue["ready"], queue["active"]) == (1, 0)
+
+
+@pytest.mark.parametrize("delay", [float("nan"), float("inf"), -1.0])
+def test_fleet_client_refuses_a_delay_that_is_not_a_finite_duration(target: Target, delay: float) -> None:
+    from burr_dist import ConfigurationError, FleetClient
+
+    fc = FleetClient.from_url(target.url)
+    before = dump(target)
+    with pytest.raises(ConfigurationError, match="delay must be a finite number of seconds >= 0"):
+        fc.enqueue("counter", app_id="later", delay=delay)
+    assert dump(target) == before
+    fc.client.close()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from burr_dist.cli.app import (
     ENQUEUE_CHUNK,
+    Settings,
     console,
     emit_json,
     import_registry,
@@ -83,6 +85,8 @@ def enqueue(
     s = settings()
     if count is not None and app_id is not None:
         raise click.UsageError("--count generates the app ids; it cannot be combined with --app-id")
+    if not math.isfinite(delay):  # click's FloatRange(min=0) lets nan and inf through
+        raise click.BadParameter(f"must be a finite number of seconds, got {delay}", param_hint="--delay")
     state_obj = json_object(state, "--state")
     inputs_obj = json_object(inputs, "--inputs")
     if module is not None:
@@ -117,6 +121,14 @@ def enqueue(
             click.echo(_enqueued_text(res))
         return
 
+    _enqueue_count(s, requests, name, count, queue)
+
+
+def _enqueue_count(
+    s: Settings, requests: Callable[[int], list[EnqueueRequest]], name: str, count: int, queue: str
+) -> None:
+    """``enqueue --count N``: chunks of ENQUEUE_CHUNK apps, with a progress bar on stderr."""
+    fleet = s.fleet()
     results: list[Enqueued] = []
     progress = Progress(
         TextColumn("enqueue {task.description}"),

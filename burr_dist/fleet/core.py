@@ -6,6 +6,7 @@ How the cross-slot steps of those operations recover from a crash between them: 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import KW_ONLY, dataclass
@@ -139,8 +140,10 @@ class FleetCore(StoreCore):
         check_id("name", req.name)
         app_id = req.app_id if req.app_id is not None else uuid.uuid4().hex
         pk = partition_of(req.partition_key)
-        if req.delay < 0:
-            raise ConfigurationError(f"delay must be >= 0, got {req.delay}", delay=req.delay)
+        if not 0 <= req.delay < math.inf:  # nan fails both comparisons
+            raise ConfigurationError(
+                f"delay must be a finite number of seconds >= 0, got {req.delay}", delay=req.delay
+            )
         self.schema.queue_shard(req.queue, 0)  # validates the name
         fields: list[str | bytes] = [
             "name", req.name, "queue", req.queue, "app_id", app_id, "partition_key", pk,
