@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from burr.core.persistence import PersistedStateData
 from tenacity import AsyncRetrying, Retrying
@@ -58,6 +58,8 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T", Transport, AsyncTransport)
 
 
 def _pipeline_refill(fn: Callable[..., Any]) -> Callable[[], None]:
@@ -115,23 +117,21 @@ def check_cleanup(store: StoreCore, confirm: bool) -> None:
         )
 
 
-class RedisStore(StoreCore):
-    """Synchronous store over a redis-py client: ``Redis`` (one server, or a Sentinel-managed
-    master) or ``RedisCluster``; :meth:`from_url` makes the right one.
+class _Connected(StoreCore, Generic[T]):
+    """What the sync and async stores share: the client and transport, made from a URL target on
+    first use (after unpickling or close()), and pickling as that target and config. The two
+    differ only in how they connect (``_connect``) and which transport they drive."""
 
-    Argument order: ``load(partition_key, app_id, sequence_id)`` and ``list_app_ids(partition_key)``
-    follow Burr's persister contract. Every other method that names an app takes the app id first
-    and the partition key only by keyword (``head_sequence(app_id, partition_key="p")``).
-    """
+    _connect: ClassVar[Callable[[RedisTarget], Any]]
 
     def __init__(self, client: Any, config: StoreConfig | None = None) -> None:
         super().__init__(config or StoreConfig())
         self.target: RedisTarget | None = None  # known when built from a URL: then it pickles
         self._client: Any = client
-        self._transport: Transport | None = None if client is None else self._transport_for(client)
+        self._transport: T | None = None if client is None else self._transport_for(client)
 
-    def _transport_for(self, client: Any) -> Transport:
-        return Transport(client, self.config.durability(), self.config.retry)
+    def _transport_for(self, client: Any) -> T:
+        raise NotImplementedError
 
     @property
     def client(self) -> Any:
@@ -140,23 +140,23 @@ class RedisStore(StoreCore):
         return self._client
 
     @property
-    def transport(self) -> Transport:
+    def transport(self) -> T:
         if self._transport is None:
             self._reconnect()
         assert self._transport is not None
         return self._transport
 
     def _reconnect(self) -> None:
-        """After unpickling or close(): a new client for the same target, on first use."""
+        """After unpickling or close(): a new client for the same target (no I/O yet)."""
         if self.target is None:
             raise ConfigurationError(f"this {type(self).__name__} is closed and was built from a client")
-        self._client = connect(self.target)
+        self._client = type(self)._connect(self.target)
         self._transport = self._transport_for(self._client)
 
     @classmethod
     def from_url(cls, url: str | None = None, **config: Any) -> Self:
         target = resolve_target(url)
-        store = cls(connect(target), StoreConfig.for_target(target, **config))
+        store = cls(cls._connect(target), StoreConfig.for_target(target, **config))
         store.target = target
         return store
 
@@ -168,21 +168,37 @@ class RedisStore(StoreCore):
         """Burr's ``RedisBasePersister.from_values`` twin: one server; ``namespace`` is the key
         prefix (default ``burr``); other keywords are StoreConfig fields."""
         target = values_target(host, port, db, password, username, ssl)
-        store = cls(connect(target), StoreConfig.for_target(target, **values_config(namespace, config)))
+        store = cls(cls._connect(target), StoreConfig.for_target(target, **values_config(namespace, config)))
         store.target = target
         return store
 
     # -- pickling (Burr's parallelism hands persisters to process pools and Ray) --------------
     def __getstate__(self) -> dict[str, Any]:
-        """The target and the config only: the copy opens its own connections on first use
-        (and starts with no delta bases: its first commit is a keyframe)."""
+        """The target and the config only: the copy opens its own connections on first use (an
+        async one in the event loop that uses it), and starts with no delta bases (its first
+        commit is a keyframe)."""
         if self.target is None:
             raise _unpicklable(self)
         return {"target": self.target, "config": self.config}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        RedisStore.__init__(self, None, state["config"])
+        _Connected.__init__(self, None, state["config"])
         self.target = state["target"]
+
+
+class RedisStore(_Connected[Transport]):
+    """Synchronous store over a redis-py client: ``Redis`` (one server, or a Sentinel-managed
+    master) or ``RedisCluster``; :meth:`from_url` makes the right one.
+
+    Argument order: ``load(partition_key, app_id, sequence_id)`` and ``list_app_ids(partition_key)``
+    follow Burr's persister contract. Every other method that names an app takes the app id first
+    and the partition key only by keyword (``head_sequence(app_id, partition_key="p")``).
+    """
+
+    _connect = staticmethod(connect)
+
+    def _transport_for(self, client: Any) -> Transport:
+        return Transport(client, self.config.durability(), self.config.retry)
 
     def close(self) -> None:
         """Close the connections. A store built from a URL reconnects if used again."""
@@ -274,64 +290,13 @@ class RedisStore(StoreCore):
             raise
 
 
-class AsyncRedisStore(StoreCore):
+class AsyncRedisStore(_Connected[AsyncTransport]):
     """Asynchronous store over a ``redis.asyncio`` client; same logic as RedisStore."""
 
-    def __init__(self, client: Any, config: StoreConfig | None = None) -> None:
-        super().__init__(config or StoreConfig())
-        self.target: RedisTarget | None = None
-        self._client: Any = client
-        self._transport: AsyncTransport | None = None if client is None else self._transport_for(client)
+    _connect = staticmethod(aconnect)  # no I/O: connections open on first command
 
     def _transport_for(self, client: Any) -> AsyncTransport:
         return AsyncTransport(client, self.config.durability(), self.config.retry)
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._reconnect()
-        return self._client
-
-    @property
-    def transport(self) -> AsyncTransport:
-        if self._transport is None:
-            self._reconnect()
-        assert self._transport is not None
-        return self._transport
-
-    def _reconnect(self) -> None:
-        if self.target is None:
-            raise ConfigurationError(f"this {type(self).__name__} is closed and was built from a client")
-        self._client = aconnect(self.target)  # no I/O: connections open on first command
-        self._transport = self._transport_for(self._client)
-
-    @classmethod
-    def from_url(cls, url: str | None = None, **config: Any) -> Self:
-        target = resolve_target(url)
-        store = cls(aconnect(target), StoreConfig.for_target(target, **config))
-        store.target = target
-        return store
-
-    @classmethod
-    def from_values(
-        cls, host: str = "localhost", port: int = 6379, db: int = 0, password: str | None = None,
-        namespace: str | None = None, *, username: str | None = None, ssl: bool = False, **config: Any,
-    ) -> Self:  # fmt: skip
-        """Async twin of RedisStore.from_values."""
-        target = values_target(host, port, db, password, username, ssl)
-        store = cls(aconnect(target), StoreConfig.for_target(target, **values_config(namespace, config)))
-        store.target = target
-        return store
-
-    def __getstate__(self) -> dict[str, Any]:
-        """As RedisStore: the copy opens its own connections, in the event loop that uses it."""
-        if self.target is None:
-            raise _unpicklable(self)
-        return {"target": self.target, "config": self.config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        AsyncRedisStore.__init__(self, None, state["config"])
-        self.target = state["target"]
 
     async def __aenter__(self) -> Self:
         return self
