@@ -37,7 +37,8 @@ SCRIPT_COMMANDS = (
 CLIENT_COMMANDS = (
     "config|get", "del", "evalsha", "get", "hget", "hgetall", "hmget", "incr", "pexpire", "ping", "pttl",
     "sadd", "scan", "script|load", "set", "smembers", "time", "wait", "zadd", "zcard", "zrange", "zrem",
-    "zscore", "lpush", "ltrim", "blpop",
+    "zscore", "lpush", "ltrim", "blpop", "role", "unlink",
+    "xadd", "xread", "xrevrange",
 )  # fmt: skip
 # What redis-py sends on its own: connection set-up, Cluster discovery and redirects.
 DRIVER_COMMANDS = (
