@@ -3,7 +3,12 @@
 (d) RedisPersister under a lease (every commit fenced), (g) (d) with the worker's tracking (the
 StepTracker hook, its records committed by commit.lua: what ``burr-dist ui`` shows), and, on the
 embedded server (which then gets a replica), (e) and (f): (c) and (d) with ``wait_replicas=1``
-(every commit confirmed by WAIT on the same connection). (a2) is (a) with the tracker hook alone.
+(every commit confirmed by WAIT on the same connection). (a2) is (a) with the tracker hook alone,
+(c2) is (c) with it.
+
+The last line ends with the physical limit measured in the same run: Burr's own step (a) plus
+one PING round trip (p50), as steps/s (``limit_steps_per_s``), and each burr_dist variant's
+fraction of it (``limit_fraction_*``: unleased, leased, each with and without tracking).
 
     python bench/steps.py [--steps N] [--redis-url URL]
 
@@ -100,7 +105,8 @@ def main() -> None:
             client.ping()
             lat.append(time.perf_counter() - t0)
         lat.sort()
-        print(f"server={url} raw_ping_p50_us={lat[len(lat) // 2] * 1e6:.1f}")
+        ping_p50 = lat[len(lat) // 2]
+        print(f"server={url} raw_ping_p50_us={ping_p50 * 1e6:.1f}")
 
         tracked_apps: list[str] = []
 
@@ -121,6 +127,9 @@ def main() -> None:
             "a2_tracker_hook_only": lambda: timed(None, args.steps, StepTracker(worker="w", project="bench")),
             "b_burr_redis": lambda: timed(burr_redis, args.steps),
             "c_burr_dist": lambda: timed(RedisPersister(store), args.steps),
+            "c2_burr_dist_tracked": lambda: timed(
+                RedisPersister(store), args.steps, StepTracker(worker="w", project="bench")
+            ),
             "d_burr_dist_leased": leased,
             "g_leased_tracked": lambda: leased(track=True),
         }
@@ -146,9 +155,17 @@ def main() -> None:
             f"redis_memory_per_step_bytes={client.memory_usage(track) / len(fields):.0f}"
         )
         wait_cost = f" wait1_vs_no_wait={best['e_burr_dist_wait1'] / c:.2f}" if replica is not None else ""
+        # The physical limit of a persisted step here: Burr's own step plus one round trip (a
+        # commit is one EVALSHA), both measured in this run; each variant's fraction of it.
+        limit = 1 / (1 / a + ping_p50)
+        fractions = " ".join(
+            f"limit_fraction_{k}={best[v] / limit:.2f}"
+            for k, v in (("unleased", "c_burr_dist"), ("leased", "d_burr_dist_leased"),
+                         ("unleased_tracked", "c2_burr_dist_tracked"), ("leased_tracked", "g_leased_tracked"))
+        )  # fmt: skip
         print(
             f"ratio_vs_burr_redis={c / b:.2f} ratio_leased_vs_burr_redis={d / b:.2f} "
-            f"ratio_vs_no_persister={c / a:.3f}{wait_cost}"
+            f"ratio_vs_no_persister={c / a:.3f}{wait_cost} limit_steps_per_s={limit:.0f} {fractions}"
         )
     finally:
         for srv in (replica, server):
