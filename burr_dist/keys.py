@@ -12,6 +12,8 @@ encoded queue name, ``T`` a bucket tag, ``U`` a queue-shard tag, see below)::
     burr:{T}:P:A:track     hash   Burr tracking (tracking.py): sequence id -> that step's
                                   records (JSON list, no state); 'app' -> graph + metadata; 'lo'
                                   -> lowest sequence still kept (trimmed to ``keep`` by commit.lua)
+    burr:{T}:P:A:stream    stream what streaming actions yield, live (worker/streaming.py; capped
+                                  with XADD MAXLEN ~, expires as the app's keys do)
     burr:{T}:P:apps        zset   app ids of partition P in bucket T, scored by first commit (ms)
     burr:{T}:counts        hash   status counters of bucket T: '<status>' -> records created with it,
                                   '<from>><to>' -> records moved (count = own + in - out)
@@ -154,6 +156,7 @@ class AppKeys:
     counts: str
     bucket: int
     track: str  # Burr tracking records; written by commit.lua only when it gets some
+    stream: str  # items of streaming actions (fleet/streams.py); written only by apps that stream
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,7 @@ class KeySchema:
             counts=f"{tag}:counts",
             bucket=bucket,
             track=f"{base}:track",
+            stream=f"{base}:stream",
         )
 
     def counts(self, bucket: int) -> str:

@@ -50,6 +50,7 @@ OBS = "tests/test_readme.py::test_observability_commands_from_the_readme"
 UI = "tests/test_readme.py::test_ui_command_from_the_readme"
 MIGRATE = "tests/test_readme.py::test_migrate_keys_commands"
 INSTALL = "tests/test_readme.py::test_install_commands_name_this_project_and_its_extras"
+STREAM = "tests/test_streaming.py::test_burr_dist_tail_prints_items_as_they_arrive"
 
 # Command shown in README or docs -> the test that runs it. `make test` is what CI runs (.ci/run);
 # it and the long targets (chaos: 8 minutes, mutants, the benchmarks, the other test suites) are
@@ -84,6 +85,8 @@ COVERED: dict[str, str] = {
     "burr-dist enqueue counter --count 1000": CLI,
     "burr-dist status": CLI,
     "burr-dist show memo-1 -p team-a": CLI,
+    "burr-dist tail chat-1 -p team-a": STREAM,
+    "burr-dist tail chat-1 -p team-a --json": STREAM,
     """burr-dist resume memo-1 -p team-a --inputs '{"approved": true}'""": CLI,
     "burr-dist history memo-1 -p team-a --state": CLI,
     "burr-dist cancel APP": CLI,

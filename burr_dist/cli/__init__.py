@@ -10,7 +10,7 @@ exit codes are listed in :data:`EPILOG`. With ``--json`` every command writes on
 stdout (and an ``{"error": ...}`` document when it fails).
 """
 
-from burr_dist.cli import fleet_ops, metrics_cmd, ui_cmd, worker_cmd  # registers the commands
+from burr_dist.cli import fleet_ops, metrics_cmd, tail_cmd, ui_cmd, worker_cmd  # registers the commands
 from burr_dist.cli.app import (
     EXIT_BAD_INPUT,
     EXIT_ERROR,
@@ -35,6 +35,7 @@ __all__ = [
     "fleet_ops",
     "main",
     "metrics_cmd",
+    "tail_cmd",
     "ui_cmd",
     "worker_cmd",
 ]

@@ -18,7 +18,9 @@ above is confirmed by WAIT on the node it wrote to before the call returns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from burr_dist.errors import AppNotFound, ConfigurationError, SnapshotNotFound
@@ -33,6 +35,7 @@ from burr_dist.fleet.core import (
     json_object,
     parse_job,
 )
+from burr_dist.fleet.streams import COUNT, Follower, StreamEvent, start_id
 from burr_dist.keys import partition_of
 from burr_dist.store.clients import AsyncRedisStore, RedisStore
 from burr_dist.store.core import StoreConfig, _s
@@ -129,6 +132,29 @@ class FleetClient(FleetCore, RedisStore):
             job["name"], new_app_id, partition_key=partition_key, queue=job.get("queue") or DEFAULT_QUEUE,
             fork_from=(partition_of(partition_key), app_id, found["sequence_id"]),
         )  # fmt: skip
+
+    def stream(
+        self, app_id: str, *, partition_key: str | None = None, from_start: bool = True,
+        timeout: float | None = None,
+    ) -> Iterator[StreamEvent]:  # fmt: skip
+        """The records of ``app_id``'s streaming actions as they are written: each streamed
+        step's ``start``, its ``item``s, its ``end`` (with the step's result). Retained records
+        first (unless ``from_start=False``), then live ones; ends once the app parks or
+        finishes (or after ``timeout`` seconds). One key: XREAD BLOCK on the node that owns it,
+        with the app's status read between reads (record format: fleet/streams.py)."""
+        key = self.stream_key(partition_key, app_id)
+        status = self.stream_status_cmd(partition_key, app_id)
+        first = "0-0" if from_start else start_id(self.commands([self.stream_newest_cmd(key)])[0])
+        follower = Follower(first, timeout, time.monotonic())
+        while True:
+            now = self.read_stream_status(self.commands([status])[0], app_id, partition_key)
+            read = functools.partial(
+                self.client.xread, {key: follower.last_id}, COUNT, follower.block_ms(time.monotonic())
+            )
+            events, stop = follower.after(now, self._with_retry(read), time.monotonic())
+            yield from events
+            if stop:
+                return
 
     def job(self, app_id: str, *, partition_key: str | None = None) -> dict[str, Any]:
         """The job record: AppNotFound when ``app_id`` is not in the partition."""
@@ -308,3 +334,24 @@ class AsyncFleetClient(FleetCore, AsyncRedisStore):
         key = self.schema.workers()
         sec, usec = (await self.commands([Cmd(key, ("TIME",))]))[0]
         return int(sec) * 1000 + int(usec) // 1000
+
+    async def stream(
+        self, app_id: str, *, partition_key: str | None = None, from_start: bool = True,
+        timeout: float | None = None,
+    ) -> AsyncIterator[StreamEvent]:  # fmt: skip
+        """FleetClient.stream, async. The blocking XREAD goes on a connection of its own (the
+        client's pool), not through the transport's shared round trips."""
+        key = self.stream_key(partition_key, app_id)
+        status = self.stream_status_cmd(partition_key, app_id)
+        first = "0-0" if from_start else start_id((await self.commands([self.stream_newest_cmd(key)]))[0])
+        follower = Follower(first, timeout, time.monotonic())
+        while True:
+            now = self.read_stream_status((await self.commands([status]))[0], app_id, partition_key)
+            read = functools.partial(
+                self.client.xread, {key: follower.last_id}, COUNT, follower.block_ms(time.monotonic())
+            )
+            events, stop = follower.after(now, await self._with_retry(read), time.monotonic())
+            for event in events:
+                yield event
+            if stop:
+                return

@@ -353,6 +353,27 @@ class FleetCore(StoreCore):
             Cmd(k.lease, ("GET", k.lease)), Cmd(k.lease, ("PTTL", k.lease)),
         ]  # fmt: skip
 
+    # -- streams of streaming actions (record format and reader: fleet/streams.py) ---------
+    def stream_key(self, partition_key: str | None, app_id: str) -> str:
+        return self.keys(partition_of(partition_key), app_id).stream
+
+    def stream_status_cmd(self, partition_key: str | None, app_id: str) -> Cmd:
+        k = self.keys(partition_of(partition_key), app_id)
+        return Cmd(k.job, ("HGET", k.job, "status"))
+
+    @staticmethod
+    def read_stream_status(reply: Any, app_id: str, partition_key: str | None) -> str:
+        if reply is None:
+            raise AppNotFound(
+                f"no app {app_id!r} in partition {partition_of(partition_key)!r}", app_id=app_id
+            )
+        return _s(reply)
+
+    @staticmethod
+    def stream_newest_cmd(key: str) -> Cmd:
+        """Where a reader that skips the retained records starts (streams.start_id reads it)."""
+        return Cmd(key, ("XREVRANGE", key, "+", "-", "COUNT", 1))
+
     def counts_cmds(self) -> list[Cmd]:
         return [Cmd(k, ("HGETALL", k)) for k in (self.schema.counts(b) for b in range(self.schema.buckets))]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from burr.core.persistence import PersistedStateData
 from burr.core.state import State
@@ -45,7 +45,9 @@ class StoreConfig:
     ``finished_ttl``: seconds a finished app's keys live after :meth:`RedisStore.expire_app`
     (None keeps them). ``max_state_bytes``: largest snapshot accepted.
     ``wait_replicas``: writes a guarantee rests on are acknowledged only once this many replicas
-    confirmed them (WAIT on the same connection) within ``wait_timeout_ms``; 0 confirms nothing.
+    confirmed them (WAIT on the same connection) within ``wait_timeout_ms``; 0 confirms nothing;
+    ``"all"`` (recommended with replicas): every online replica of the node, at least one, counted
+    where the WAIT is sent, so a replica added later is covered too.
     ``buckets`` / ``queue_shards``: part of the key layout (see keys.py); equal fleet-wide.
     ``fair_quantum_ms``: spacing of one partition's pending apps in a queue shard's fair order
     (scripts/_prelude.lua); it orders partitions against each other and never delays a lone one.
@@ -59,7 +61,7 @@ class StoreConfig:
     max_state_bytes: int = codec.DEFAULT_MAX_BYTES
     finished_ttl: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    wait_replicas: int = 0
+    wait_replicas: int | Literal["all"] = 0
     wait_timeout_ms: int = 1000
     buckets: int = DEFAULT_BUCKETS
     queue_shards: int = DEFAULT_QUEUE_SHARDS
@@ -89,9 +91,13 @@ class StoreConfig:
             raise ConfigurationError("max_state_bytes must be positive", max_state_bytes=self.max_state_bytes)
         if self.finished_ttl is not None and self.finished_ttl <= 0:
             raise ConfigurationError("finished_ttl must be positive or None", finished_ttl=self.finished_ttl)
-        if not isinstance(self.wait_replicas, int) or self.wait_replicas < 0:
+        if self.wait_replicas != "all" and (
+            not isinstance(self.wait_replicas, int)
+            or isinstance(self.wait_replicas, bool)
+            or self.wait_replicas < 0
+        ):
             raise ConfigurationError(
-                f"wait_replicas must be an int >= 0, got {self.wait_replicas!r}",
+                f"wait_replicas must be an int >= 0 or 'all', got {self.wait_replicas!r}",
                 wait_replicas=self.wait_replicas,
             )
         if not isinstance(self.wait_timeout_ms, int) or self.wait_timeout_ms < 1:
@@ -471,4 +477,4 @@ class StoreCore:
         k = self.keys(partition_key, app_id)
         ms = int(seconds * 1000)
         return [Cmd(k.meta, ("PEXPIRE", k.meta, ms)), Cmd(k.snaps, ("PEXPIRE", k.snaps, ms)),
-                Cmd(k.track, ("PEXPIRE", k.track, ms))]  # fmt: skip
+                Cmd(k.track, ("PEXPIRE", k.track, ms)), Cmd(k.stream, ("PEXPIRE", k.stream, ms))]  # fmt: skip

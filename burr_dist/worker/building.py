@@ -51,10 +51,12 @@ from burr.lifecycle.internal import LifecycleAdapterSet
 from burr_dist.errors import ConfigurationError
 from burr_dist.fleet.core import job_state
 from burr_dist.fleet.registry import AppContext, AppSpec
+from burr_dist.fleet.streams import stream_ttl_ms
 from burr_dist.observability.burr_compat import resume_without_parent
 from burr_dist.observability.tracking import StepTracker
 from burr_dist.store.lease import AsyncLease
 from burr_dist.store.persister import AsyncLoadedState, AsyncRedisPersister, LoadedState
+from burr_dist.worker.streaming import StreamSink, bridge
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ class AppFactory:
         self._identifiers(spec, lease, builder)
         if self.track:
             self._add_tracker(spec, builder, persister)
+        self._add_stream(builder, lease, persister)
         first = loaded is None and not fleet_fork and mine.loader is not None
         if first:
             loaded = await _first_load(mine, lease)
@@ -160,6 +163,23 @@ class AppFactory:
         adapters = [h for h in builder.lifecycle_adapters if not isinstance(h, StepTracker)]
         builder.lifecycle_adapters = [*adapters, tracker]
         persister.core.tracker = tracker
+
+    def _add_stream(
+        self, builder: ApplicationBuilder[Any], lease: AsyncLease, persister: AsyncRedisPersister
+    ) -> None:
+        """Items of streaming actions to the app's stream (worker/streaming.py); nothing at all
+        for an app without a streaming action."""
+        graph = builder.graph_builder
+        assert graph is not None and graph.actions is not None  # _check refused it otherwise
+        if not any(a.streaming for a in graph.actions):
+            return
+        store = persister.store
+        key = store.keys(lease.partition_key, lease.app_id).stream
+        sink = StreamSink(store, key, self.worker_id, stream_ttl_ms(store.config.finished_ttl))
+        graph = copy.copy(graph)  # the factory's graph builder may serve other apps
+        graph.actions = [bridge(a, sink) for a in graph.actions]
+        builder.graph_builder = graph
+        builder.lifecycle_adapters = [*builder.lifecycle_adapters, sink]  # for Burr's stream_result
 
 
 def _private_copy(builder: Any) -> ApplicationBuilder[Any]:
