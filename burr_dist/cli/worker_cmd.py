@@ -13,8 +13,23 @@ from burr_dist.keys import KeySchema
 from burr_dist.observability.logs import FORMATS, configure
 from burr_dist.store.core import StoreConfig
 
-
 # -- worker -------------------------------------------------------------------------------------------
+
+
+class _WaitReplicas(click.ParamType):
+    name = "N|all"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if value == "all" or (isinstance(value, int) and value >= 0):
+            return value
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            return int(value)
+        self.fail(f"{value!r} is not a count >= 0 or 'all'", param, ctx)
+
+
+WAIT_REPLICAS = _WaitReplicas()
+
+
 @main.command()
 @click.argument("module")
 @click.option(
@@ -125,9 +140,10 @@ from burr_dist.store.core import StoreConfig
 )
 @click.option(
     "--wait-replicas",
-    type=click.IntRange(min=0),
+    type=WAIT_REPLICAS,
     default=None,
-    help="Replicas that must confirm each commit, settle and lease write [default: the URL's, else 0].",
+    help="Replicas that must confirm each commit, settle and lease write, or 'all' (every online "
+    "replica, at least one: recommended with replicas) [default: the URL's, else 0].",
 )
 @click.option(
     "--wait-timeout-ms",
@@ -163,7 +179,7 @@ def worker(
     snapshot_format: str | None,
     keep: int | None,
     max_state_bytes: int | None,
-    wait_replicas: int | None,
+    wait_replicas: int | str | None,
     wait_timeout_ms: int | None,
     compress_min_bytes: int | None,
 ) -> None:

@@ -242,7 +242,7 @@ class AsyncTransport:
         if shared is None or shared.pool is not pool:
             shared = self._shared[node] = _SharedTrips(pool, self)
         for _ in range(3):
-            raw = await shared.roundtrip(batch.packed(idx, asking))
+            raw = await shared.roundtrip(batch.packed(idx, asking, node))
             missing = batch.take(idx, batch.unpack(idx, raw, asking), node)
             if not missing:
                 return

@@ -32,8 +32,8 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import redis
 from redis.crc import key_slot
@@ -72,19 +72,37 @@ def hash_tag(key: str) -> str:
 
 @dataclass(frozen=True)
 class Durability:
-    replicas: int = 0
+    """How writes are confirmed: by ``replicas`` replicas, or by ``"all"`` of those the node has.
+
+    With ``"all"`` the WAIT is followed by ROLE in the same pipeline: a write counts as confirmed
+    only when WAIT's count reaches the number of online replicas ROLE lists right after it (at
+    least one), so adding a replica cannot silently lower the guarantee. WAIT asks for the count
+    ROLE gave last time on that node (``seen``); when ROLE shows more, the part is sent again
+    (each command is idempotent) and its WAIT asks for the new count."""
+
+    replicas: int | Literal["all"] = 0
     timeout_ms: int = 1000
     prefix: str = "burr"
+    seen: dict[str, int] = field(default_factory=dict, compare=False, repr=False)  # node -> ROLE's count
 
-    def tail(self, cmds: Sequence[Cmd], asking: bool = False) -> list[tuple[Any, ...]]:
+    @property
+    def active(self) -> bool:
+        return self.replicas == "all" or self.replicas > 0
+
+    def wanted(self, node: str) -> int:
+        return max(1, self.seen.get(node, 1)) if self.replicas == "all" else int(self.replicas)
+
+    def tail(self, cmds: Sequence[Cmd], asking: bool = False, node: str = "") -> list[tuple[Any, ...]]:
         """The commands that confirm a node's part of a batch (none when not asked to)."""
-        if self.replicas <= 0 or not cmds:
+        if not self.active or not cmds:
             return []
         sync = sync_key(self.prefix, hash_tag(cmds[0].key))
-        wait = ("WAIT", self.replicas, self.timeout_ms)
+        wait: list[tuple[Any, ...]] = [("WAIT", self.wanted(node), self.timeout_ms)]
+        if self.replicas == "all":
+            wait.append(("ROLE",))
         if asking:  # see the module's docstring
-            return [("ASKING",), ("SET", f"{sync}:{os.urandom(8).hex()}", "1", "PX", 10_000), wait]
-        return [("INCR", sync), wait]
+            return [("ASKING",), ("SET", f"{sync}:{os.urandom(8).hex()}", "1", "PX", 10_000), *wait]
+        return [("INCR", sync), *wait]
 
 
 # How many times in a row one batch follows ASK redirections without a backoff.
@@ -103,12 +121,12 @@ class BatchCore:
         self.asked: dict[int, tuple[str, int]] = {}  # command -> the node an ASK sent it to
         self.only_asked = False  # this round's only setbacks were ASKs: re-send without a backoff
 
-    def packed(self, idx: Sequence[int], asking: bool = False) -> list[tuple[Any, ...]]:
+    def packed(self, idx: Sequence[int], asking: bool = False, node: str = "") -> list[tuple[Any, ...]]:
         part = [self.cmds[i] for i in idx]
         args = [c.args for c in part]
         if asking:  # ASKING covers the next command only
             args = [a for cmd in args for a in (("ASKING",), cmd)]
-        return args + self.durability.tail(part, asking)
+        return args + self.durability.tail(part, asking, node)
 
     @staticmethod
     def unpack(idx: Sequence[int], replies: Sequence[Any], asking: bool) -> Sequence[Any]:
@@ -147,30 +165,50 @@ class BatchCore:
                 resolved = True
         tail = replies[n:]
         if tail and not missing and resolved:
-            wait = tail[-1]
-            failed = next((r for r in tail if isinstance(r, BaseException)), None)
-            if failed is not None:
-                # The INCR or the WAIT was refused (MOVED, a node that became a replica...): the
-                # batch is unconfirmed, even where WAIT counted replicas for earlier writes.
-                if not is_transient(failed):
-                    raise failed
-                COUNTS.count(COUNTS.retries, failed)
-                self.error = failed
-                self.pending.update(idx)  # unconfirmed: send again (each command is idempotent)
-            elif refused:
-                # The node refused writes for now (min-replicas-to-write: NOREPLICAS, a demoted
-                # master: READONLY): WAIT's count says nothing about a write that did not run.
-                # Transient like the refusal itself: the whole part is sent again.
-                self.pending.update(idx)
-            elif int(wait) < self.durability.replicas:
-                raise NotDurable(
-                    f"WAIT on {node or 'the master'} confirmed {int(wait)} of {self.durability.replicas} replicas "
-                    f"within {self.durability.timeout_ms} ms for {', '.join(sorted({self.cmds[i].name for i in idx}))}: "
-                    "the writes may be lost if this master fails now",
-                    node=node, acked=int(wait), wanted=self.durability.replicas,
-                    commands=sorted({self.cmds[i].name for i in idx}),
-                )  # fmt: skip
+            self._confirm(idx, tail, node, refused)
         return list(missing.values())
+
+    def _confirm(self, idx: Sequence[int], tail: Sequence[Any], node: str, refused: bool) -> None:
+        """Read the replies that confirm a node's part (INCR or SET, WAIT, and ROLE with "all")."""
+        d = self.durability
+        role = tail[-1] if d.replicas == "all" else None
+        wait = tail[-2] if role is not None else tail[-1]
+        failed = next((r for r in tail if isinstance(r, BaseException)), None)
+        if failed is not None:
+            # The INCR or the WAIT was refused (MOVED, a node that became a replica...): the
+            # batch is unconfirmed, even where WAIT counted replicas for earlier writes.
+            if not is_transient(failed):
+                raise failed
+            COUNTS.count(COUNTS.retries, failed)
+            self.error = failed
+            self.pending.update(idx)  # unconfirmed: send again (each command is idempotent)
+        elif refused:
+            # The node refused writes for now (min-replicas-to-write: NOREPLICAS, a demoted
+            # master: READONLY): WAIT's count says nothing about a write that did not run.
+            # Transient like the refusal itself: the whole part is sent again.
+            self.pending.update(idx)
+        else:
+            self._check_count(idx, int(wait), node, role)
+
+    def _check_count(self, idx: Sequence[int], acked: int, node: str, role: Any) -> None:
+        d = self.durability
+        wanted = d.wanted(node)
+        if role is not None:  # "all": the online replicas ROLE lists after the WAIT (at least one)
+            online = len(role[2]) if len(role) > 2 and isinstance(role[2], list) else 0
+            d.seen[node] = online
+            if max(1, online) > wanted:  # a replica joined since: WAIT asked for too few
+                self.error = NotDurable(f"{node} has {online} replicas now, WAIT asked for {wanted}")
+                self.pending.update(idx)
+                return
+            wanted = max(1, online)
+        if acked < wanted:
+            names = sorted({self.cmds[i].name for i in idx})
+            raise NotDurable(
+                f"WAIT on {node or 'the master'} confirmed {acked} of {wanted} replicas "
+                f"within {d.timeout_ms} ms for {', '.join(names)}: "
+                "the writes may be lost if this master fails now",
+                node=node, acked=acked, wanted=wanted, commands=names,
+            )  # fmt: skip
 
 
 def evalsha(script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Cmd:

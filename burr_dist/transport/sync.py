@@ -106,7 +106,7 @@ class Transport:
         try:
             for _ in range(3):  # NOSCRIPT rounds: load, then send the same commands again
                 self.round_trips += 1
-                raw = _roundtrip(conn, batch.packed(idx, asking))
+                raw = _roundtrip(conn, batch.packed(idx, asking, node))
                 missing = batch.take(idx, batch.unpack(idx, raw, asking), node)
                 if not missing:
                     return

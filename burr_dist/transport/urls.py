@@ -65,7 +65,7 @@ class RedisTarget:
     redacted: str = ""
 
     @property
-    def wait_replicas(self) -> int | None:
+    def wait_replicas(self) -> int | str | None:
         return self.options.get("wait_replicas")
 
     @property
@@ -142,6 +142,8 @@ def _userinfo(rest: str) -> tuple[str | None, str | None, str]:
 
 
 def _option(url: str, name: str, value: str) -> Any:
+    if name == "wait_replicas" and value == "all":  # every online replica of the node
+        return "all"
     if name in _INT_OPTIONS:
         if not _is_number(value):
             raise _bad(url, f"option {name} must be an integer >= 0, got {value!r}", option=name)

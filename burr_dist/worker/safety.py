@@ -48,10 +48,13 @@ async def _check_one(client: aioredis.Redis, allow: bool) -> None:
     log.warning("%s; starting anyway (allow_evicting_redis)", message)
 
 
-async def check_replicas(primaries: list[aioredis.Redis], wanted: int) -> list[str]:
-    """Warn for every primary with fewer connected replicas than ``wait_replicas``: each write there
-    would wait ``wait_timeout_ms`` and fail as not durable. Returns the warnings."""
-    if wanted <= 0:
+async def check_replicas(primaries: list[aioredis.Redis], wanted: int | str) -> list[str]:
+    """Warn for every primary with fewer connected replicas than ``wait_replicas`` (``"all"``:
+    none): each write there would wait ``wait_timeout_ms`` and fail as not durable. Returns the
+    warnings."""
+    if wanted == "all":
+        wanted = 1
+    if not isinstance(wanted, int) or wanted <= 0:
         return []
     warnings = []
     for client in primaries:
