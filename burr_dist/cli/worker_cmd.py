@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -12,6 +12,10 @@ from burr_dist.fleet.core import DEFAULT_QUEUE
 from burr_dist.keys import KeySchema
 from burr_dist.observability.logs import FORMATS, configure
 from burr_dist.store.core import StoreConfig
+
+if TYPE_CHECKING:
+    from burr_dist.fleet.registry import Registry
+    from burr_dist.worker.process import Worker
 
 # -- worker -------------------------------------------------------------------------------------------
 
@@ -195,15 +199,7 @@ def worker(
     s = settings()
     configure(log_level, log_format)
     registry = import_registry(module)
-    if queues is None:
-        names = [DEFAULT_QUEUE, *sorted({spec.queue for spec in registry.apps.values()} - {DEFAULT_QUEUE})]
-    else:
-        names = [q.strip() for q in queues.split(",") if q.strip()]
-        if not names:
-            raise click.BadParameter("no queue names given", param_hint="--queues")
-    schema = KeySchema(s.prefix)
-    for name in names:
-        schema.queue_shard(name, 0)  # ConfigurationError for an invalid name
+    names = _queue_names(registry, queues, s.prefix)
     store: dict[str, Any] = {"prefix": s.prefix, "finished_ttl": finished_ttl, "keep": keep, "max_state_bytes": max_state_bytes,
              "wait_replicas": wait_replicas, "wait_timeout_ms": wait_timeout_ms,
              "compress_min_bytes": compress_min_bytes,
@@ -218,16 +214,33 @@ def worker(
     w = Worker(registry, config)
     check_redis(s.url).close()
     if metrics_port is not None:
-        from burr_dist.observability.metrics import WorkerMetrics  # prometheus_client only when asked for
-
-        metrics = WorkerMetrics()
-        metrics.attach(w)
-        w.observer = metrics
-        server = metrics.serve(metrics_port, metrics_host)
-        logging.getLogger(__name__).info(
-            "metrics on http://%s:%d/metrics", metrics_host, server.server_address[1],
-            extra={"event": "metrics_serving"},
-        )  # fmt: skip
+        _serve_metrics(w, metrics_port, metrics_host)
     w.run_forever()
     if s.json:
         emit_json({"worker_id": w.id, "claims": w.completed_claims, "queues": names})
+
+
+def _queue_names(registry: Registry, queues: str | None, prefix: str) -> list[str]:
+    """--queues, or the default queue plus every queue the registry's apps use."""
+    if queues is None:
+        names = [DEFAULT_QUEUE, *sorted({spec.queue for spec in registry.apps.values()} - {DEFAULT_QUEUE})]
+    else:
+        names = [q.strip() for q in queues.split(",") if q.strip()]
+        if not names:
+            raise click.BadParameter("no queue names given", param_hint="--queues")
+    schema = KeySchema(prefix)
+    for name in names:
+        schema.queue_shard(name, 0)  # ConfigurationError for an invalid name
+    return names
+
+
+def _serve_metrics(w: Worker, port: int, host: str) -> None:
+    from burr_dist.observability.metrics import WorkerMetrics  # prometheus_client only when asked for
+
+    metrics = WorkerMetrics()
+    metrics.attach(w)
+    w.observer = metrics
+    server = metrics.serve(port, host)
+    logging.getLogger(__name__).info(
+        "metrics on http://%s:%d/metrics", host, server.server_address[1], extra={"event": "metrics_serving"}
+    )
