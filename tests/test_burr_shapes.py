@@ -6,6 +6,7 @@ by field with that run's final state, ``__SEQUENCE_ID`` and ``__PRIOR_STEP`` inc
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,6 +137,14 @@ def test_async_streaming_action_completes_with_the_right_state(fleet: Shapes) ->
     got = fleet.run("shape_streaming", "stream-1", asks)
     assert_same(got, asyncio.run(alocal_run("shape_streaming", asks)))
     assert got["response"] == shapes.fake_llm("again")
+
+
+def test_typed_state_with_nested_models_and_datetimes(fleet: Shapes) -> None:
+    got = fleet.run("shape_typed", "typed-1", [])
+    want = local_run(shapes.local("shape_typed"), "shape_typed", [None])
+    assert_same(got, want)
+    assert [type(t).__name__ for t in got["tasks"]] == ["Task"] * 4
+    assert got["tasks"][3].due == datetime.datetime(2026, 1, 4, 9, tzinfo=datetime.timezone.utc)
 
 
 def test_sync_streaming_action_in_a_sync_app(fleet: Shapes) -> None:

@@ -28,7 +28,14 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from burr_dist import FleetClient, RedisPersister, RedisStore, SerializationError
+from burr_dist import (
+    ConfigurationError,
+    CorruptSnapshot,
+    FleetClient,
+    RedisPersister,
+    RedisStore,
+    SerializationError,
+)
 from burr_dist.cli import main
 from burr_dist.fleet.core import job_state
 from burr_dist.keys import KeySchema
@@ -132,6 +139,15 @@ def test_a_pydantic_model_in_an_untyped_state_round_trips(persister: RedisPersis
         burr_pydantic.set_allowlist(None)
     exactly(back["m"].model_dump(), m.model_dump())
     assert type(back["m"]) is Model and back["models"] == [m, m]
+    # Loaded, a model's datetimes carry pydantic's own TzInfo: saved again, they must still store
+    # (the next step of a typed app commits what the last load gave it).
+    burr_pydantic.set_allowlist([__name__])
+    try:
+        assert type(back["m"].when.tzinfo).__name__ == "TzInfo"
+        again = roundtrip(persister, "model-again", {"m": back["m"]})
+    finally:
+        burr_pydantic.set_allowlist(None)
+    assert again["m"] == m
 
 
 # -- the property ---------------------------------------------------------------------------------
@@ -306,3 +322,27 @@ def test_cli_enqueue_state_reads_burr_records_and_refuses_nan(target: Target, cl
         assert bad.exit_code == 6, bad.output
         assert fragment in bad.stderr, bad.stderr
     assert sorted(client.scan_iter(match="*")) == before
+
+
+def test_a_registry_declares_the_pydantic_modules_its_workers_load(persister: RedisPersister) -> None:
+    """Registry(pydantic_modules=...) is Burr's allowlist, applied by the worker process-wide: a
+    model from a module on it loads; one from elsewhere is refused by Burr, naming its class."""
+    from burr.integrations.serde import pydantic as burr_pydantic
+
+    from burr_dist import Registry, Worker
+
+    m = Model(when=datetime(2024, 5, 1, 9, tzinfo=timezone.utc), pair=(1, "a"), ref=uuid.uuid4(),
+              amount=Decimal("1"), tags=set())  # fmt: skip
+    url = persister.store.target
+    try:
+        Worker(Registry(pydantic_modules=[__name__]), url=url)
+        assert roundtrip(persister, "allowed", {"m": m})["m"] == m
+        Worker(Registry(pydantic_modules=["somewhere_else"]), url=url)
+        with pytest.raises(
+            CorruptSnapshot, match=r"class 'tests\.test_exact_types\.Model'\) is not in the allowlist"
+        ):
+            roundtrip(persister, "refused", {"m": m})
+    finally:
+        burr_pydantic.set_allowlist(None)
+    with pytest.raises(ConfigurationError, match="pydantic_modules must be module names"):
+        Registry(pydantic_modules=[""])

@@ -8,12 +8,15 @@ The "LLM" is a stub (``fake_llm``): deterministic text from its prompt, no netwo
 from __future__ import annotations
 
 import asyncio
+import datetime
 import uuid
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
 
 from burr.core import Application, ApplicationBuilder, State, action, expr
 from burr.core.action import streaming_action
+from burr.integrations.pydantic import PydanticTypingSystem
+from pydantic import BaseModel, Field
 
 from burr_dist import Registry, RetryPolicy
 from burr_dist.fleet.registry import AppContext
@@ -174,6 +177,45 @@ def sync_stream(ctx: AppContext) -> ApplicationBuilder[Any]:
         .with_transitions(("stream_count", "stream_count", expr("n < 4")), ("stream_count", "done"))
         .with_state(n=0, seen=[], counter=-1)
         .with_entrypoint("stream_count")
+    )
+
+
+# -- typed state: Burr's PydanticTypingSystem, nested models and a datetime ------------------------
+class Task(BaseModel):
+    title: str
+    due: datetime.datetime
+
+
+class Plan(BaseModel):
+    goal: str = ""
+    tasks: list[Task] = Field(default_factory=list)
+    notes: dict[str, int] = Field(default_factory=dict)
+
+
+@action.pydantic(reads=["goal", "tasks"], writes=["tasks", "notes"])
+def plan_step(state: Plan) -> Plan:
+    n = len(state.tasks)
+    due = datetime.datetime(2026, 1, 1, 9, tzinfo=datetime.timezone.utc) + datetime.timedelta(days=n)
+    state.tasks.append(Task(title=fake_llm(f"{state.goal} #{n}"), due=due))
+    state.notes = {**state.notes, f"step{n}": n}
+    return state
+
+
+@action.pydantic(reads=["tasks", "notes"], writes=["notes"])
+def plan_summary(state: Plan) -> Plan:
+    state.notes = {**state.notes, "total": len(state.tasks)}
+    return state
+
+
+@_shape("shape_typed")
+def typed(ctx: AppContext) -> ApplicationBuilder[Any]:
+    return (
+        ApplicationBuilder()
+        .with_typing(PydanticTypingSystem(Plan))
+        .with_actions(plan=plan_step, summary=plan_summary)
+        .with_transitions(("plan", "plan", expr("len(tasks) < 4")), ("plan", "summary"))
+        .with_state(Plan(goal="launch"))
+        .with_entrypoint("plan")
     )
 
 
