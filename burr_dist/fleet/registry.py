@@ -100,11 +100,21 @@ Hook = Callable[[FleetEvent], "Awaitable[None] | None"]
 
 
 class Registry:
-    """Named app factories plus hooks. Workers import the module that defines one."""
+    """Named app factories plus hooks. Workers import the module that defines one.
 
-    def __init__(self) -> None:
+    ``pydantic_modules``: the modules (prefixes) whose pydantic models a worker of this registry
+    may load from stored state, for models in an untyped state; Burr refuses any other class (and
+    warns that loading is unsafe when no list is declared). A worker applies it process-wide,
+    through Burr's own allowlist (``burr.integrations.serde.pydantic.set_allowlist``)."""
+
+    def __init__(self, *, pydantic_modules: Sequence[str] | None = None) -> None:
         self.apps: dict[str, AppSpec] = {}
         self.hooks: dict[str, list[Hook]] = {kind: [] for kind in EVENTS}
+        self.pydantic_modules = None if pydantic_modules is None else tuple(pydantic_modules)
+        if self.pydantic_modules is not None and not all(
+            isinstance(m, str) and m for m in self.pydantic_modules
+        ):
+            raise ConfigurationError(f"pydantic_modules must be module names, got {pydantic_modules!r}")
 
     def app(
         self,

@@ -121,7 +121,15 @@ def _check_exact(value: Any, kind: type, path: str) -> None:
                           "only datetime.timezone and zoneinfo.ZoneInfo (with a key) round-trip", kind)  # fmt: skip
         return
     if serde_types.is_pydantic(value):
-        check_value(value.model_dump(), path)  # NaN, or a type no codec stores, named by its path
+        # What is stored is pydantic's own dump, which its model_validate reads back (a datetime's
+        # tzinfo is pydantic's TzInfo, say): check that, for NaN or what no JSON holds.
+        try:
+            dumped = serde_types.pydantic_dump(value)
+        except Exception as e:  # PydanticSerializationError: a field type it cannot dump as JSON
+            raise _refuse(
+                path, f"holds a {kind.__name__} that pydantic cannot dump as JSON ({e})", kind
+            ) from e
+        check_value(dumped, path, serialized=True)
         return
     if fn is _LOSSY:
         raise _refuse(path, f"holds a {kind.__name__}, which Burr's serde would store as str(value) "

@@ -201,11 +201,19 @@ if pydantic is not None and serde.serialize.dispatch(pydantic.BaseModel) is not 
     def _serialize_pydantic(value: Any, **kwargs: Any) -> dict[str, Any]:
         """Burr's pydantic record (its deserializer reads it back with ``model_validate``). A
         python-mode dump holding datetimes, UUIDs... is not JSON: dump in JSON mode instead."""
-        dumped = value.model_dump()
-        if not _is_json(dumped):
-            dumped = value.model_dump(mode="json")
         cls = type(value)
-        return {**dumped, KEY: "pydantic", "__pydantic_class": f"{cls.__module__}.{cls.__name__}"}
+        return {
+            **pydantic_dump(value),
+            KEY: "pydantic",
+            "__pydantic_class": f"{cls.__module__}.{cls.__name__}",
+        }
+
+
+def pydantic_dump(value: Any) -> dict[str, Any]:
+    """What a model is stored as: its python-mode dump when that is JSON, else its JSON-mode dump
+    (datetimes, UUIDs... as pydantic writes them: its model_validate reads them back exactly)."""
+    dumped: dict[str, Any] = value.model_dump()
+    return dumped if _is_json(dumped) else value.model_dump(mode="json")
 
 
 _JSON_SCALARS = (str, int, float, bool, type(None))

@@ -64,6 +64,10 @@ class Worker:
         ``concurrency=``, ``prefix=``...: the fields of WorkerConfig and the store's ``prefix``,
         ``finished_ttl``, ``wait_replicas``, ``wait_timeout_ms``) override it."""
         cfg = WorkerConfig.from_keywords(config, **settings)
+        if registry.pydantic_modules is not None:
+            from burr.integrations.serde import pydantic as burr_pydantic  # needs pydantic
+
+            burr_pydantic.set_allowlist(list(registry.pydantic_modules))
         self.registry = registry
         self.settings = cfg
         self.target = resolve_target(cfg.url)
