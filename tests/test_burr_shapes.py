@@ -147,6 +147,12 @@ def test_typed_state_with_nested_models_and_datetimes(fleet: Shapes) -> None:
     assert got["tasks"][3].due == datetime.datetime(2026, 1, 4, 9, tzinfo=datetime.timezone.utc)
 
 
+def test_map_states_runs_its_sub_applications_in_process(fleet: Shapes) -> None:
+    got = fleet.run("shape_map", "map-1", [])
+    assert_same(got, local_run(shapes.local("shape_map"), "shape_map", [None]))
+    assert got["answers"] == [f"echo(question {i})" for i in range(4)]
+
+
 def test_sync_streaming_action_in_a_sync_app(fleet: Shapes) -> None:
     got = fleet.run("shape_sync_stream", "sstream-1", [])
     assert_same(got, local_run(shapes.local("shape_sync_stream"), "shape_sync_stream", [None]))

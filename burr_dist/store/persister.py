@@ -436,9 +436,15 @@ class AsyncRedisPersister(AsyncBaseStatePersister):
 def _loaded(
     key: tuple[str | None, str, int | None], answer: PersistedStateData | None, asked: tuple[Any, ...]
 ) -> PersistedStateData | None:
-    if asked != key:
-        raise ConfigurationError(f"load of {asked!r} asked of a loader holding {key!r}", app_id=asked[1])
-    return answer
+    if asked == key:
+        return answer
+    if asked[0] == key[0] and asked[1] != key[1]:
+        # A sub-application of the app (Burr's MapStates, MapActions, TaskBasedParallelAction...
+        # cascade the parent's initializer to them, asking for ids of their own in the parent's
+        # partition): the worker does not store sub-applications yet, so each one starts new,
+        # as under Burr without a persister.
+        return None
+    raise ConfigurationError(f"load of {asked!r} asked of a loader holding {key!r}", app_id=asked[1])
 
 
 class LoadedState(BaseStatePersister):

@@ -15,6 +15,7 @@ from typing import Any
 
 from burr.core import Application, ApplicationBuilder, State, action, expr
 from burr.core.action import streaming_action
+from burr.core.parallelism import MapStates
 from burr.integrations.pydantic import PydanticTypingSystem
 from pydantic import BaseModel, Field
 
@@ -216,6 +217,48 @@ def typed(ctx: AppContext) -> ApplicationBuilder[Any]:
         .with_transitions(("plan", "plan", expr("len(tasks) < 4")), ("plan", "summary"))
         .with_state(Plan(goal="launch"))
         .with_entrypoint("plan")
+    )
+
+
+# -- parallelism: Burr's MapStates over four prompts, run in process (sub-applications) -------------
+@action(reads=["prompt"], writes=["answer"])
+def ask_one(state: State) -> State:
+    return state.update(answer=fake_llm(state["prompt"]))
+
+
+class AskAll(MapStates):
+    def action(self, state: State, inputs: dict[str, Any]) -> Any:
+        return ask_one
+
+    def states(self, state: State, context: Any, inputs: dict[str, Any]) -> Generator[State, None, None]:
+        for p in state["prompts"]:
+            yield state.update(prompt=p)
+
+    def reduce(self, state: State, states: Any) -> State:
+        return state.update(answers=[s["answer"] for s in states])
+
+    @property
+    def reads(self) -> list[str]:
+        return ["prompts"]
+
+    @property
+    def writes(self) -> list[str]:
+        return ["answers"]
+
+
+@action(reads=["answers"], writes=["summary"])
+def join_answers(state: State) -> State:
+    return state.update(summary=" | ".join(state["answers"]))
+
+
+@_shape("shape_map")
+def mapped(ctx: AppContext) -> ApplicationBuilder[Any]:
+    return (
+        ApplicationBuilder()
+        .with_actions(ask_all=AskAll(), summarize=join_answers)
+        .with_transitions(("ask_all", "summarize"))
+        .with_state(prompts=[f"question {i}" for i in range(4)])
+        .with_entrypoint("ask_all")
     )
 
 
