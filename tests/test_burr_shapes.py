@@ -153,6 +153,12 @@ def test_map_states_runs_its_sub_applications_in_process(fleet: Shapes) -> None:
     assert got["answers"] == [f"echo(question {i})" for i in range(4)]
 
 
+def test_async_map_states_gathers_its_sub_applications(fleet: Shapes) -> None:
+    got = fleet.run("shape_amap", "amap-1", [])
+    assert_same(got, asyncio.run(alocal_run("shape_amap", [None])))
+    assert got["answers"] == [f"echo(question {i})" for i in range(4)]
+
+
 def test_sync_streaming_action_in_a_sync_app(fleet: Shapes) -> None:
     got = fleet.run("shape_sync_stream", "sstream-1", [])
     assert_same(got, local_run(shapes.local("shape_sync_stream"), "shape_sync_stream", [None]))

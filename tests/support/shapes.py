@@ -246,9 +246,39 @@ class AskAll(MapStates):
         return ["answers"]
 
 
+@action(reads=["prompt"], writes=["answer"])
+async def aask_one(state: State) -> State:
+    await asyncio.sleep(0)
+    return state.update(answer=fake_llm(state["prompt"]))
+
+
+class AskAllAsync(AskAll):
+    """The same map with async sub-actions: Burr gathers the sub-applications."""
+
+    def action(self, state: State, inputs: dict[str, Any]) -> Any:
+        return aask_one
+
+    def is_async(self) -> bool:
+        return True
+
+    async def reduce(self, state: State, states: Any) -> State:  # type: ignore[override]
+        return state.update(answers=[s["answer"] async for s in states])
+
+
 @action(reads=["answers"], writes=["summary"])
 def join_answers(state: State) -> State:
     return state.update(summary=" | ".join(state["answers"]))
+
+
+@_shape("shape_amap")
+def amapped(ctx: AppContext) -> ApplicationBuilder[Any]:
+    return (
+        ApplicationBuilder()
+        .with_actions(ask_all=AskAllAsync(), summarize=join_answers)
+        .with_transitions(("ask_all", "summarize"))
+        .with_state(prompts=[f"question {i}" for i in range(4)])
+        .with_entrypoint("ask_all")
+    )
 
 
 @_shape("shape_map")
