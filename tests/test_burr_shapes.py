@@ -153,6 +153,12 @@ def test_map_states_runs_its_sub_applications_in_process(fleet: Shapes) -> None:
     assert got["answers"] == [f"echo(question {i})" for i in range(4)]
 
 
+def test_a_graph_builder_app_whose_map_runs_sub_graphs(fleet: Shapes) -> None:
+    got = fleet.run("shape_graph_map", "gmap-1", [])
+    assert_same(got, local_run(shapes.local("shape_graph_map"), "shape_graph_map", [None]))
+    assert got["answers"] == [f"ECHO(QUESTION {i})" for i in range(3)]
+
+
 def test_async_map_states_gathers_its_sub_applications(fleet: Shapes) -> None:
     got = fleet.run("shape_amap", "amap-1", [])
     assert_same(got, asyncio.run(alocal_run("shape_amap", [None])))

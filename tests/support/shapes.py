@@ -15,7 +15,8 @@ from typing import Any
 
 from burr.core import Application, ApplicationBuilder, State, action, expr
 from burr.core.action import streaming_action
-from burr.core.parallelism import MapStates
+from burr.core.graph import GraphBuilder
+from burr.core.parallelism import MapStates, RunnableGraph
 from burr.integrations.pydantic import PydanticTypingSystem
 from pydantic import BaseModel, Field
 
@@ -268,6 +269,48 @@ class AskAllAsync(AskAll):
 @action(reads=["answers"], writes=["summary"])
 def join_answers(state: State) -> State:
     return state.update(summary=" | ".join(state["answers"]))
+
+
+# -- a recursive map: each sub-application runs a two-action graph (RunnableGraph) -------------------
+@action(reads=["prompt"], writes=["draft"])
+def draft_one(state: State) -> State:
+    return state.update(draft=fake_llm(state["prompt"]))
+
+
+@action(reads=["draft"], writes=["answer"])
+def polish_one(state: State) -> State:
+    return state.update(answer=state["draft"].upper())
+
+
+SUBGRAPH = (
+    GraphBuilder()
+    .with_actions(draft=draft_one, polish=polish_one)
+    .with_transitions(("draft", "polish"))
+    .build()
+)
+
+
+class AskAllTwice(AskAll):
+    def action(self, state: State, inputs: dict[str, Any]) -> Any:
+        return RunnableGraph(graph=SUBGRAPH, entrypoint="draft", halt_after=["polish"])
+
+
+@_shape("shape_graph_map")
+def graph_mapped(ctx: AppContext) -> ApplicationBuilder[Any]:
+    """Built from a Graph (with_graph), as Burr's GraphBuilder examples do; the map's
+    sub-applications run a graph of their own."""
+    graph = (
+        GraphBuilder()
+        .with_actions(ask_all=AskAllTwice(), summarize=join_answers)
+        .with_transitions(("ask_all", "summarize"))
+        .build()
+    )
+    return (
+        ApplicationBuilder()
+        .with_graph(graph)
+        .with_state(prompts=[f"question {i}" for i in range(3)])
+        .with_entrypoint("ask_all")
+    )
 
 
 @_shape("shape_amap")
