@@ -75,10 +75,11 @@ class Durability:
     """How writes are confirmed: by ``replicas`` replicas, or by ``"all"`` of those the node has.
 
     With ``"all"`` the WAIT is followed by ROLE in the same pipeline: a write counts as confirmed
-    only when WAIT's count reaches the number of online replicas ROLE lists right after it (at
-    least one), so adding a replica cannot silently lower the guarantee. WAIT asks for the count
-    ROLE gave last time on that node (``seen``); when ROLE shows more, the part is sent again
-    (each command is idempotent) and its WAIT asks for the new count."""
+    only when WAIT's count reaches the most replicas ROLE has listed on that node in this process
+    (``seen``, at least one). It never goes down: a replica promoted away or cut off leaves the
+    count as it was, so writes fail as not durable rather than being confirmed by fewer (after a
+    replica is removed for good, restart the workers). When ROLE shows more than WAIT asked for,
+    the part is sent again (each command is idempotent) with the new count."""
 
     replicas: int | Literal["all"] = 0
     timeout_ms: int = 1000
@@ -193,14 +194,17 @@ class BatchCore:
     def _check_count(self, idx: Sequence[int], acked: int, node: str, role: Any) -> None:
         d = self.durability
         wanted = d.wanted(node)
-        if role is not None:  # "all": the online replicas ROLE lists after the WAIT (at least one)
+        if role is not None:  # "all": the most replicas ROLE has listed on this node (at least one)
             online = len(role[2]) if len(role) > 2 and isinstance(role[2], list) else 0
-            d.seen[node] = online
-            if max(1, online) > wanted:  # a replica joined since: WAIT asked for too few
+            # Never fewer than seen before: a replica that leaves (promoted by a failover, cut
+            # off) must not lower the count, or the replicas still following a demoted master
+            # would confirm writes the failover then throws away.
+            most = d.seen[node] = max(d.seen.get(node, 0), online)
+            if max(1, most) > wanted:  # a replica joined since: WAIT asked for too few
                 self.error = NotDurable(f"{node} has {online} replicas now, WAIT asked for {wanted}")
                 self.pending.update(idx)
                 return
-            wanted = max(1, online)
+            wanted = max(1, most)
         if acked < wanted:
             names = sorted({self.cmds[i].name for i in idx})
             raise NotDurable(

@@ -46,7 +46,7 @@ class Endpoint:
     url: str
 
 
-def with_wait(url: str, replicas: int) -> Endpoint:
+def with_wait(url: str, replicas: int | str) -> Endpoint:
     sep = "&" if "?" in url else "?"
     return Endpoint(f"{url}{sep}wait_replicas={replicas}&wait_timeout_ms={WAIT_TIMEOUT_MS}")
 
@@ -216,16 +216,18 @@ def test_sentinel_master_sigkill(tmp_path: Path) -> None:
 @pytest.mark.ha_long
 @pytest.mark.parametrize(
     ("replicas", "wait"),
-    [(1, 1), (2, 2), (2, 1)],
-    ids=["1 replica, wait 1", "2 replicas, wait 2", "2 replicas, wait 1"],
+    [(1, 1), (2, 2), (2, 1), (2, "all")],
+    ids=["1 replica, wait 1", "2 replicas, wait 2", "2 replicas, wait 1", "2 replicas, wait all"],
 )
-def test_sentinel_forced_failover(tmp_path: Path, replicas: int, wait: int) -> None:
+def test_sentinel_forced_failover(tmp_path: Path, replicas: int, wait: int | str) -> None:
     """``SENTINEL FAILOVER`` mid-run. The old master lives on and keeps its clients (redis-py's
     Sentinel client only looks again when it reconnects) until the sentinels demote it, about 10 s
     later. Between the promotion and the moment the sentinels point the other replicas at the new
     master, those replicas still follow the old one, so a WAIT that counts fewer than all replicas
     confirms writes that the failover then discards: with 2 replicas and wait 1 acknowledged
-    commits are lost (the suite must flag each one); with wait counting every replica, none."""
+    commits are lost (the suite must flag each one); with wait counting every replica (a count
+    equal to theirs, or "all": every replica online where the WAIT is sent), none."""
+    below = wait != "all" and int(wait) < replicas
     times = 2 if LARGE else 1
     with sentinel_servers(replicas) as s:
 
@@ -237,9 +239,9 @@ def test_sentinel_forced_failover(tmp_path: Path, replicas: int, wait: int) -> N
         run = new_run(f"sentinel failover, {replicas} repl., wait {wait}", with_wait(s.url, wait), tmp_path)
         out = failover_run(
             run, failover, faults=times, first=2.0, every=15.0, note="{faults} x SENTINEL FAILOVER",
-            after_rewind=3 if wait < replicas else 0,
+            after_rewind=3 if below else 0,
         )  # fmt: skip
-    if wait < replicas:
+    if below:
         assert_loss_flagged(out)
     else:
         assert_nothing_lost(out, times)
